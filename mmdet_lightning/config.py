@@ -1,0 +1,147 @@
+"""Loading and checking mmdet configs.
+
+Every entry point of the package (module, data module, scripts) takes a config as a file path, a dict
+or an mmengine ``Config`` and goes through :func:`load_config`, so bad input fails here, early, with
+one message style.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Union
+
+if TYPE_CHECKING:
+    from mmengine.config import Config
+
+__all__ = ["ConfigLike", "load_config", "init_mmdet_scope", "check_supported_task", "replace_data_root"]
+
+ConfigLike = Union[str, os.PathLike, Mapping[str, Any], "Config"]
+
+# Task families that mmdet 3.3 ships configs for but that a detection LightningModule does not cover.
+_UNSUPPORTED_MODELS: dict[str, str] = {
+    "PanopticFPN": "panoptic segmentation",
+    "TwoStagePanopticSegmentor": "panoptic segmentation",
+    "SemiBaseDetector": "semi-supervised detection",
+    "SoftTeacher": "semi-supervised detection",
+    "GLIP": "grounding (open-vocabulary) detection",
+    "GroundingDINO": "grounding (open-vocabulary) detection",
+}
+_UNSUPPORTED_KEYS: dict[str, str] = {
+    "panoptic_head": "panoptic segmentation",
+    "panoptic_fusion_head": "panoptic segmentation",
+    "semi_train_cfg": "semi-supervised detection",
+    "language_model": "grounding (open-vocabulary) detection",
+    "tracker": "tracking",
+    "detector": "tracking",
+}
+
+
+def init_mmdet_scope() -> None:
+    """Register every mmdet module and make ``mmdet`` the default registry scope (idempotent)."""
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+
+
+def load_config(config: ConfigLike) -> "Config":
+    """Return an mmengine ``Config`` from a path, a dict or a ``Config``, checked for a ``model``.
+
+    Args:
+        config: path of an mmdet config file (``.py``, ``.yaml``, ``.json``), a dict or a ``Config``.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file cannot be parsed, or has no ``model``, or the model's task is not supported.
+
+    Example::
+        >>> cfg = load_config({"model": {"type": "RetinaNet"}})
+        >>> cfg.model.type
+        'RetinaNet'
+    """
+    from mmengine.config import Config
+
+    if isinstance(config, Config):
+        cfg = copy.deepcopy(config)
+        source = cfg.filename or "the given Config"
+    elif isinstance(config, Mapping):
+        cfg = Config(copy.deepcopy(dict(config)))
+        source = "the given dict"
+    elif isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Config file {str(path)!r} does not exist (working directory: {os.getcwd()}).\n"
+                "Hint: pass the path of an mmdet 3.x config, for example configs/mmdet/shapes_faster_rcnn.py."
+            )
+        try:
+            cfg = Config.fromfile(str(path))
+        except Exception as err:  # mmengine raises SyntaxError, KeyError, ImportError, ... for bad files
+            raise ValueError(f"Could not parse the config file {str(path)!r}: {type(err).__name__}: {err}") from err
+        source = str(path)
+    else:
+        raise TypeError(
+            f"Expected a config path, dict or mmengine Config, but got {type(config).__name__}: {config!r}."
+        )
+    if not isinstance(cfg.get("model"), Mapping):
+        raise ValueError(
+            f"The config from {source} has no `model` dict, so no detector can be built from it.\n"
+            "Hint: an mmdet config defines `model = dict(type=..., backbone=..., ...)`, directly or through `_base_`."
+        )
+    check_supported_task(cfg.model)
+    return cfg
+
+
+def check_supported_task(model_cfg: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` for models of tasks this package does not train (panoptic, tracking, ...).
+
+    Example::
+        >>> check_supported_task({"type": "PanopticFPN"})
+        Traceback (most recent call last):
+        ...
+        ValueError: The config's model `PanopticFPN` is a panoptic segmentation model; ...
+    """
+    model_type = str(model_cfg.get("type", ""))
+    task = _UNSUPPORTED_MODELS.get(model_type.split(".")[-1])
+    if task is None:
+        task = next((t for key, t in _UNSUPPORTED_KEYS.items() if key in model_cfg), None)
+    if task is not None:
+        raise ValueError(
+            f"The config's model `{model_type}` is a {task} model; mmdet-lightning trains object detection and "
+            "instance segmentation models only.\nHint: use MMDetection's own tools/train.py for this config."
+        )
+
+
+def replace_data_root(cfg: "Config", data_root: str | os.PathLike) -> "Config":
+    """Point every path under the config's ``data_root`` to ``data_root`` instead (in place; returned).
+
+    mmdet configs join ``data_root`` into evaluator ``ann_file`` strings when they are parsed, so the old
+    prefix is replaced in every string value, not only in the ``data_root`` keys.
+
+    Example::
+        >>> from mmengine.config import Config
+        >>> cfg = Config(dict(data_root="data/a/", val_evaluator=dict(ann_file="data/a/ann.json")))
+        >>> replace_data_root(cfg, "/tmp/b").val_evaluator.ann_file
+        '/tmp/b/ann.json'
+    """
+    old = cfg.get("data_root")
+    if not old:
+        raise ValueError("The config has no top-level `data_root` to replace.")
+    new = str(data_root).rstrip("/") + "/"
+    old_prefix = str(old).rstrip("/") + "/"
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, str):
+            if value.rstrip("/") + "/" == old_prefix:
+                return new
+            return new + value[len(old_prefix):] if value.startswith(old_prefix) else value
+        if isinstance(value, Mapping):
+            return {k: swap(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(swap(v) for v in value)
+        return value
+
+    for key in list(cfg.keys()):
+        cfg[key] = swap(cfg[key])
+    return cfg

@@ -1,0 +1,141 @@
+"""The LightningDataModule built from an mmdet config's dataloaders."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from .config import ConfigLike, init_mmdet_scope, load_config
+
+__all__ = ["MMDetDataModule"]
+
+_STAGE_LOADERS = {
+    "fit": ("train_dataloader", "val_dataloader"),
+    "validate": ("val_dataloader",),
+    "test": ("test_dataloader",),
+    "predict": ("test_dataloader",),
+}
+
+
+class MMDetDataModule(pl.LightningDataModule):
+    """Dataloaders from the config's ``train_dataloader`` / ``val_dataloader`` / ``test_dataloader``.
+
+    Each loader is built by mmengine's ``Runner.build_dataloader`` (datasets, pipelines, samplers, batch
+    samplers, collate function, worker seeding), so batches are the ones mmengine's runner would draw.
+    The config's samplers already shard the data by process, so Lightning's distributed sampler is turned
+    off when Lightning runs several processes. ``predict`` uses the test loader.
+
+    Args:
+        config: mmdet config: a file path, a dict or an mmengine ``Config``.
+        seed: seed of the samplers and workers; defaults to the seed of ``pl.seed_everything``, then the
+            config's ``randomness.seed``.
+
+    Raises:
+        FileNotFoundError: a dataset's annotation file or image folder does not exist (at ``setup``).
+
+    Example::
+        >>> dm = MMDetDataModule.from_config("configs/mmdet/shapes_faster_rcnn.py")  # doctest: +SKIP
+        >>> dm.setup("fit"); batch = next(iter(dm.train_dataloader()))  # doctest: +SKIP
+        >>> sorted(batch)  # doctest: +SKIP
+        ['data_samples', 'inputs']
+    """
+
+    def __init__(self, config: ConfigLike, seed: int | None = None) -> None:
+        super().__init__()
+        self.cfg = load_config(config)
+        self.seed = seed
+
+    @classmethod
+    def from_config(cls, config: ConfigLike, seed: int | None = None) -> "MMDetDataModule":
+        """Same as ``MMDetDataModule(config, seed)``."""
+        return cls(config, seed=seed)
+
+    def setup(self, stage: str) -> None:
+        init_mmdet_scope()
+        for key in _STAGE_LOADERS.get(stage, ()):
+            if self.cfg.get(key) is None:
+                raise ValueError(f"The config has no `{key}`, which `{stage}` needs.")
+            for dataset_cfg in _dataset_cfgs(self.cfg[key].get("dataset", {})):
+                _check_dataset_paths(key, dataset_cfg)
+        trainer = self.trainer
+        connector = getattr(trainer, "_accelerator_connector", None) if trainer is not None else None
+        if connector is not None and connector.is_distributed and connector.use_distributed_sampler:
+            # Lightning would swap the config's sampler for a DistributedSampler; the config's
+            # DefaultSampler / InfiniteSampler shard by rank themselves (mmengine.dist.get_dist_info).
+            connector.use_distributed_sampler = False
+            rank_zero_info("MMDetDataModule: using the config's samplers per process (use_distributed_sampler=False).")
+
+    def _seed(self) -> int | None:
+        if self.seed is not None:
+            return self.seed
+        if os.environ.get("PL_GLOBAL_SEED"):
+            return int(os.environ["PL_GLOBAL_SEED"])
+        return (self.cfg.get("randomness") or {}).get("seed")
+
+    def _build(self, key: str) -> DataLoader:
+        from mmengine.runner import Runner
+
+        if self.cfg.get(key) is None:
+            raise ValueError(f"The config has no `{key}`.")
+        init_mmdet_scope()
+        diff_rank_seed = bool((self.cfg.get("randomness") or {}).get("diff_rank_seed", False))
+        return Runner.build_dataloader(copy.deepcopy(self.cfg[key]), seed=self._seed(), diff_rank_seed=diff_rank_seed)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._build("train_dataloader")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._build("val_dataloader")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._build("test_dataloader")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._build("test_dataloader")
+
+
+def _dataset_cfgs(cfg: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """The leaf dataset configs inside dataset wrappers (RepeatDataset, ConcatDataset, ...)."""
+    if "dataset" in cfg:
+        yield from _dataset_cfgs(cfg["dataset"])
+    elif "datasets" in cfg:
+        for sub in cfg["datasets"]:
+            yield from _dataset_cfgs(sub)
+    else:
+        yield cfg
+
+
+def _resolve(data_root: str | None, path: str) -> Path | None:
+    if "://" in path:  # remote backends (s3://, http://) are not checked here
+        return None
+    return Path(data_root) / path if data_root and not os.path.isabs(path) else Path(path)
+
+
+def _check_dataset_paths(loader_key: str, cfg: Mapping[str, Any]) -> None:
+    data_root = cfg.get("data_root") or ""
+    hint = (
+        "Hint: generate the synthetic dataset with `python -m mmdet_lightning.synthetic --out data/shapes`, "
+        "or point the config's `data_root` at your data (mmdet_lightning.config.replace_data_root)."
+    )
+    ann_file = cfg.get("ann_file")
+    if ann_file:
+        path = _resolve(data_root, ann_file)
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(
+                f"{loader_key}: annotation file {str(path)!r} does not exist "
+                f"(data_root={data_root!r}, ann_file={ann_file!r}).\n{hint}"
+            )
+    img_dir = (cfg.get("data_prefix") or {}).get("img")
+    if img_dir is not None:
+        path = _resolve(data_root, img_dir)
+        if path is not None and not path.is_dir():
+            raise FileNotFoundError(
+                f"{loader_key}: image folder {str(path)!r} does not exist "
+                f"(data_root={data_root!r}, data_prefix.img={img_dir!r}).\n{hint}"
+            )

@@ -1,0 +1,356 @@
+"""The LightningModule that trains, evaluates and runs any mmdet 3.x detector.
+
+The training step does what mmengine's runner does, in the same order, so that a run under
+``pl.Trainer`` matches a run under ``mmengine.runner.Runner`` iteration by iteration:
+
+    on_train_batch_start      MessageHub 'iter'                       (RuntimeInfoHook.before_train_iter)
+    training_step             data_preprocessor -> mode="loss" -> parse_losses -> backward
+                              -> clip_grad -> optimizer.step -> zero_grad (OptimWrapper.update_params)
+    on_train_batch_end        iteration-based param schedulers step   (ParamSchedulerHook.after_train_iter)
+                              on the epoch's last batch, epoch-based ones too (ParamSchedulerHook.after_train_epoch)
+    validation_step           model.val_step -> evaluator.process      (ValLoop.run_iter)
+    on_validation_epoch_end   evaluator.evaluate(len(dataset)) -> self.log('coco/bbox_mAP', ...)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+
+from .checkpoint import LoadReport, load_detector_weights
+from .config import ConfigLike, init_mmdet_scope, load_config
+
+if TYPE_CHECKING:
+    from mmengine.evaluator import Evaluator
+    from mmengine.optim import OptimWrapper
+    from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
+
+__all__ = ["MMDetModule"]
+
+
+class MMDetModule(pl.LightningModule):
+    """An mmdet detector built from its config, trained and evaluated as mmengine's runner would.
+
+    Optimizer, gradient clipping and parameter schedules come from the config's ``optim_wrapper`` and
+    ``param_scheduler``; evaluation from ``val_evaluator`` / ``test_evaluator`` (mmdet's ``CocoMetric``),
+    logged under mmdet's names (``coco/bbox_mAP``, ...). Validation, test and predict steps return
+    mmdet ``DetDataSample`` lists with predictions in original-image coordinates.
+
+    Args:
+        config: mmdet config: a file path, a dict or an mmengine ``Config``.
+        load_from: mmdet or mmdet-lightning checkpoint (path or URL) to start from; defaults to the
+            config's ``load_from``. Tensors that do not fit (another class count, say) are reported and skipped.
+
+    Raises:
+        FileNotFoundError: the config or the checkpoint does not exist.
+        ValueError: the config cannot be parsed, has no ``model``, or is of an unsupported task.
+
+    Example::
+        >>> module = MMDetModule.from_config("configs/mmdet/shapes_retinanet.py")  # doctest: +SKIP
+        >>> trainer = pl.Trainer(max_epochs=12)  # doctest: +SKIP
+        >>> trainer.fit(module, datamodule=MMDetDataModule.from_config(...))  # doctest: +SKIP
+    """
+
+    def __init__(self, config: ConfigLike, load_from: str | None = None) -> None:
+        super().__init__()
+        self.cfg = load_config(config)
+        init_mmdet_scope()
+        from mmdet.registry import MODELS
+        from mmengine.logging import MessageHub
+
+        MessageHub.get_instance("mmdet_lightning")
+        model_cfg = copy.deepcopy(self.cfg.model)
+        if self.cfg.get("data_preprocessor") is not None:  # as mmengine's Runner.__init__ merges it
+            model_cfg.setdefault("data_preprocessor", copy.deepcopy(self.cfg.data_preprocessor))
+        try:
+            self.model = MODELS.build(model_cfg)
+        except KeyError as err:
+            raise ValueError(
+                f"Could not build the config's model `{model_cfg.get('type')}` from mmdet's `MODELS` registry "
+                f"(scope 'mmdet'): {err}\nHint: check the `type` names in `model`; custom modules must be "
+                "imported first (`custom_imports` in the config)."
+            ) from err
+        self.model.init_weights()
+        load_from = load_from if load_from is not None else self.cfg.get("load_from")
+        self.load_report: LoadReport | None = None
+        if load_from:
+            self.load_report = load_detector_weights(self.model, load_from)
+        self.automatic_optimization = False
+        self.save_hyperparameters({"config": self.cfg.to_dict()})
+        self.optim_wrapper: OptimWrapper | None = None
+        self.param_schedulers: list[_ParamScheduler] = []
+        self._evaluators: dict[str, Evaluator] = {}
+        self._checked_datasets: set[int] = set()
+        self._epoch_schedulers_stepped = False
+
+    @classmethod
+    def from_config(cls, config: ConfigLike, load_from: str | None = None) -> "MMDetModule":
+        """Same as ``MMDetModule(config, load_from)``; reads well beside ``MMDetDataModule.from_config``."""
+        return cls(config, load_from=load_from)
+
+    # ------------------------------------------------------------------ devices and batches
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "MMDetModule":
+        # mmengine's data preprocessor keeps its own `_device`, updated by its `.to()` but not by the
+        # `nn.Module._apply` that Lightning's `.to(device)` runs on children: follow the buffers.
+        super()._apply(fn, *args, **kwargs)
+        from mmengine.model import BaseDataPreprocessor
+
+        for module in self.modules():
+            if isinstance(module, BaseDataPreprocessor):
+                tensor = next(iter(module.buffers()), None)
+                tensor = tensor if tensor is not None else next(iter(self.parameters()), None)
+                if tensor is not None:
+                    module._device = tensor.device
+        return self
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # The data preprocessor moves (and casts) the batch itself, as under mmengine's runner.
+        return batch
+
+    def forward(self, batch: Mapping[str, Any]) -> list[Any]:
+        """Predictions (``DetDataSample`` list) for a collated batch from an mmdet dataloader."""
+        return self.model.test_step(batch)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        from mmengine.optim import OptimWrapper, build_optim_wrapper
+        from mmengine.registry import PARAM_SCHEDULERS
+
+        wrapper_cfg = copy.deepcopy(self.cfg.get("optim_wrapper"))
+        if not wrapper_cfg:
+            raise ValueError("The config has no `optim_wrapper`; add one, e.g. dict(optimizer=dict(type='SGD', lr=0.02)).")
+        if wrapper_cfg.get("type", "OptimWrapper") == "AmpOptimWrapper":
+            rank_zero_warn(
+                "The config's `AmpOptimWrapper` is used as a plain `OptimWrapper`: mixed precision is the "
+                "Trainer's job here. Hint: pass `precision='16-mixed'` (or 'bf16-mixed') to `pl.Trainer`."
+            )
+            wrapper_cfg["type"] = "OptimWrapper"
+            for key in ("loss_scale", "dtype", "use_fsdp"):
+                wrapper_cfg.pop(key, None)
+        wrapper = build_optim_wrapper(self.model, wrapper_cfg)
+        if not isinstance(wrapper, OptimWrapper) or type(wrapper).__name__ == "OptimWrapperDict":
+            raise ValueError("Configs with several optimizers (OptimWrapperDict) are not supported.")
+        self.optim_wrapper = wrapper
+        self._scale_lr(wrapper)
+
+        trainer = self.trainer
+        trainer.estimated_stepping_batches  # builds the train dataloader so its length is known
+        epoch_length = trainer.num_training_batches
+        max_epochs, max_iters = self._max_epochs_and_iters()
+        self.param_schedulers = []
+        schedulers_cfg = self.cfg.get("param_scheduler") or []
+        for cfg in [schedulers_cfg] if isinstance(schedulers_cfg, Mapping) else schedulers_cfg:
+            cfg = copy.deepcopy(cfg)
+            cfg.setdefault("end", max_epochs if cfg.get("by_epoch", True) else max_iters)
+            default_args = dict(optimizer=wrapper.optimizer, epoch_length=epoch_length)
+            self.param_schedulers.append(PARAM_SCHEDULERS.build(cfg, default_args=default_args))
+        return [wrapper.optimizer], list(self.param_schedulers)
+
+    def _max_epochs_and_iters(self) -> tuple[int, int]:
+        trainer = self.trainer
+        epoch_length = trainer.num_training_batches
+        max_iters = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+        if max_epochs is None and max_iters is None:
+            raise ValueError("Set `max_epochs` or `max_steps` on the Trainer: the config's schedules need an end.")
+        if math.isinf(epoch_length):
+            return max_epochs or 0, max_iters or 0
+        if max_iters is None:
+            max_iters = max_epochs * epoch_length
+        elif max_epochs is None or max_epochs * epoch_length > max_iters:
+            max_epochs = math.ceil(max_iters / epoch_length)
+            max_iters = min(max_iters, max_epochs * epoch_length)
+        return max_epochs, min(max_iters, max_epochs * epoch_length)
+
+    def _scale_lr(self, wrapper: "OptimWrapper") -> None:
+        """mmengine's ``Runner.scale_lr``: the linear scaling rule when ``auto_scale_lr.enable``."""
+        auto_scale_lr = self.cfg.get("auto_scale_lr") or {}
+        if not auto_scale_lr.get("enable", False):
+            return
+        batch_size = self.cfg.train_dataloader.batch_size * self.trainer.world_size
+        ratio = batch_size / auto_scale_lr["base_batch_size"]
+        rank_zero_info(f"auto_scale_lr: batch size {batch_size} vs base {auto_scale_lr['base_batch_size']}: LR x {ratio}")
+        for group in wrapper.optimizer.param_groups:
+            group["lr"] = group["lr"] * ratio
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any | None = None) -> None:
+        scheduler.step()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Called after gradients are unscaled under mixed precision, as mmengine's OptimWrapper.step clips.
+        if self.optim_wrapper is not None and self.optim_wrapper.clip_grad_kwargs:
+            self.optim_wrapper._clip_grad()
+
+    # ------------------------------------------------------------------ training
+    def on_train_start(self) -> None:
+        from mmengine.logging import MessageHub
+
+        max_epochs, max_iters = self._max_epochs_and_iters()
+        assert self.optim_wrapper is not None
+        self.optim_wrapper.initialize_count_status(self.model, self._iteration(), max_iters)
+        hub = MessageHub.get_current_instance()
+        hub.update_info("loop_stage", "train")
+        hub.update_info("epoch", self.current_epoch)
+        hub.update_info("iter", self._iteration())
+        hub.update_info("max_epochs", max_epochs)
+        hub.update_info("max_iters", max_iters)
+        dataset = self._dataset(self.trainer.train_dataloader)
+        self._check_classes(dataset, "train")
+        if hasattr(dataset, "metainfo"):
+            hub.update_info("dataset_meta", dataset.metainfo)
+
+    def on_train_epoch_start(self) -> None:
+        from mmengine.logging import MessageHub
+
+        MessageHub.get_current_instance().update_info("epoch", self.current_epoch)
+        self._epoch_schedulers_stepped = False
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        from mmengine.logging import MessageHub
+
+        MessageHub.get_current_instance().update_info("iter", self._iteration())
+
+    def _iteration(self) -> int:
+        """Batches trained before the current one (mmengine's ``runner.iter``), across epochs and resumes."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        # mmengine BaseModel.train_step + OptimWrapper.update_params, with Lightning doing the backward
+        # and the optimizer step so that precision plugins and strategies apply.
+        wrapper = self.optim_wrapper
+        assert wrapper is not None, "configure_optimizers has not run"
+        data = self.model.data_preprocessor(batch, True)
+        losses = self.model(**data, mode="loss")
+        loss, log_vars = self.model.parse_losses(losses)
+        self.manual_backward(wrapper.scale_loss(loss))
+        wrapper._inner_count += 1
+        if wrapper.should_update():
+            optimizer = self.optimizers()
+            optimizer.step()
+            optimizer.zero_grad()
+        log_vars = {k: v.detach() for k, v in log_vars.items()}
+        batch_size = len(batch["inputs"]) if isinstance(batch, Mapping) and "inputs" in batch else None
+        self.log_dict({f"train/{k}": v for k, v in log_vars.items()}, batch_size=batch_size, on_step=True,
+                      on_epoch=False)
+        # what mmengine's train_step returns, for callbacks' `on_train_batch_end(outputs=...)`
+        return {"loss": log_vars["loss"], "log_vars": log_vars}
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        for scheduler in self.param_schedulers:
+            if not scheduler.by_epoch:
+                scheduler.step()
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            self._step_epoch_schedulers()
+
+    def on_train_epoch_end(self) -> None:
+        self._step_epoch_schedulers()  # epochs of unknown length end here
+
+    def _step_epoch_schedulers(self) -> None:
+        if self._epoch_schedulers_stepped:
+            return
+        self._epoch_schedulers_stepped = True
+        for scheduler in self.param_schedulers:
+            if scheduler.by_epoch:
+                scheduler.step()
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluator(self, stage: str) -> "Evaluator":
+        if stage not in self._evaluators:
+            from mmengine.evaluator import Evaluator
+            from mmengine.registry import EVALUATOR
+
+            cfg = self.cfg.get(f"{stage}_evaluator") or self.cfg.get("val_evaluator")
+            if cfg is None:
+                raise ValueError(f"The config has no `{stage}_evaluator`; add one, e.g. dict(type='CocoMetric', ...).")
+            cfg = copy.deepcopy(cfg)
+            if isinstance(cfg, Mapping) and "metrics" in cfg:  # as mmengine's Runner.build_evaluator
+                cfg.setdefault("type", "Evaluator")
+                self._evaluators[stage] = EVALUATOR.build(cfg)
+            else:
+                self._evaluators[stage] = Evaluator(cfg)
+        return self._evaluators[stage]
+
+    @staticmethod
+    def _dataset(dataloader: Any) -> Any:
+        if isinstance(dataloader, Sequence) and not isinstance(dataloader, torch.utils.data.DataLoader):
+            dataloader = dataloader[0]
+        return getattr(dataloader, "dataset", None)
+
+    def _start_evaluation(self, stage: str, dataloader: Any) -> None:
+        dataset = self._dataset(dataloader)
+        self._check_classes(dataset, stage)
+        evaluator = self._evaluator(stage)
+        evaluator.dataset_meta = getattr(dataset, "metainfo", None)
+        for metric in evaluator.metrics:
+            metric.results.clear()
+
+    def _finish_evaluation(self, stage: str, dataloader: Any) -> dict[str, float]:
+        from mmengine.logging import MessageHub
+
+        metrics = self._evaluator(stage).evaluate(len(self._dataset(dataloader)))
+        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) or (
+            isinstance(v, torch.Tensor) and v.numel() == 1)}
+        hub = MessageHub.get_current_instance()
+        for key, value in scalars.items():
+            hub.update_scalar(f"{stage}/{key}", value)
+        self.log_dict(scalars, on_step=False, on_epoch=True)
+        return scalars
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_evaluation("val", self.trainer.val_dataloaders)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
+        outputs = self.model.val_step(batch)
+        if not self.trainer.sanity_checking:  # a few sanity batches would give a meaningless mAP
+            self._evaluator("val").process(data_samples=outputs, data_batch=batch)
+        return outputs
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._finish_evaluation("val", self.trainer.val_dataloaders)
+
+    def on_test_epoch_start(self) -> None:
+        self._start_evaluation("test", self.trainer.test_dataloaders)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
+        outputs = self.model.test_step(batch)
+        self._evaluator("test").process(data_samples=outputs, data_batch=batch)
+        return outputs
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation("test", self.trainer.test_dataloaders)
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
+        return self.model.test_step(batch)
+
+    # ------------------------------------------------------------------ checks
+    def num_classes(self) -> dict[str, int]:
+        """``num_classes`` of every class-predicting head (RPN heads excluded), by module name."""
+        found = {}
+        for name, module in self.model.named_modules():
+            count = getattr(module, "num_classes", None)
+            if isinstance(count, int) and "rpn" not in name and "RPN" not in type(module).__name__:
+                found[name or "model"] = count
+        return found
+
+    def _check_classes(self, dataset: Any, stage: str) -> None:
+        if dataset is None or id(dataset) in self._checked_datasets:
+            return
+        self._checked_datasets.add(id(dataset))
+        classes = (getattr(dataset, "metainfo", None) or {}).get("classes")
+        if not classes:
+            return
+        wrong = {name: n for name, n in self.num_classes().items() if n != len(classes)}
+        if wrong:
+            heads = ", ".join(f"{name}.num_classes={n}" for name, n in wrong.items())
+            raise ValueError(
+                f"The {stage} dataset has {len(classes)} classes {tuple(classes)}, but the model's heads predict "
+                f"another count: {heads}.\nHint: set num_classes={len(classes)} in those heads of the config's "
+                "`model`, or set `metainfo=dict(classes=...)` on the dataset to the model's classes."
+            )

@@ -1,0 +1,101 @@
+"""The same config, data and seed under mmengine's Runner and under pl.Trainer give the same run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from mmengine.hooks import Hook
+
+from mmdet_lightning import MMDetDataModule, MMDetModule
+
+MAX_EPOCHS = 5  # 24 images (some empty, filtered out), batches of 3: 7-8 iterations an epoch
+WARMUP_ITERS = 10
+
+
+class RunnerRecorder(Hook):
+    """Learning rate before, and losses after, every iteration of mmengine's runner."""
+
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+        self.losses: list[dict[str, float]] = []
+
+    def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
+        self.lrs.append([g["lr"] for g in runner.optim_wrapper.param_groups])
+
+    def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        self.losses.append({k: float(v) for k, v in outputs.items()})
+
+
+class TrainerRecorder(pl.Callback):
+    """The same records under Lightning."""
+
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+        self.losses: list[dict[str, float]] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.lrs.append([g["lr"] for g in trainer.optimizers[0].param_groups])
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.losses.append({k: float(v) for k, v in outputs["log_vars"].items()})
+
+
+def _config(shapes_config: Any, tmp_path: Any) -> Any:
+    cfg = shapes_config("shapes_faster_rcnn.py", max_epochs=MAX_EPOCHS, batch_size=3)
+    cfg.train_cfg.val_interval = MAX_EPOCHS
+    cfg.param_scheduler = [
+        dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=WARMUP_ITERS),
+        dict(type="MultiStepLR", by_epoch=True, begin=0, end=MAX_EPOCHS, milestones=[2, 4], gamma=0.1),
+    ]
+    cfg.optim_wrapper.optimizer.lr = 0.01
+    cfg.work_dir = str(tmp_path / "runner")
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=-1)
+    cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
+    return cfg
+
+
+@pytest.mark.slow
+def test_trainer_matches_mmengine_runner(shapes_config: Any, tmp_path: Any) -> None:
+    from mmengine.runner import Runner
+
+    cfg = _config(shapes_config, tmp_path)
+    runner = Runner.from_cfg(cfg.copy())
+    runner_rec = RunnerRecorder()
+    runner.register_hook(runner_rec, priority="VERY_LOW")
+    runner.train()
+    runner_map = runner.message_hub.get_scalar("val/coco/bbox_mAP").current()
+    runner_state = {k: v.detach().clone() for k, v in runner.model.state_dict().items()}
+
+    pl.seed_everything(cfg.randomness.seed)
+    module = MMDetModule.from_config(cfg)
+    trainer_rec = TrainerRecorder()
+    trainer = pl.Trainer(
+        max_epochs=MAX_EPOCHS, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, num_sanity_val_steps=0, check_val_every_n_epoch=MAX_EPOCHS,
+        callbacks=[trainer_rec], default_root_dir=str(tmp_path / "lightning"),
+    )
+    trainer.fit(module, datamodule=MMDetDataModule.from_config(cfg))
+    trainer_map = float(trainer.callback_metrics["coco/bbox_mAP"])
+
+    iters = len(runner_rec.lrs)
+    assert iters >= 30 and iters // MAX_EPOCHS < WARMUP_ITERS, "the run must cross warm-up and epoch boundaries"
+    assert len(trainer_rec.lrs) == iters
+    assert trainer_rec.lrs == runner_rec.lrs  # exactly equal, every iteration
+    lrs = [lr[0] for lr in runner_rec.lrs]
+    assert lrs[0] < lrs[WARMUP_ITERS] and lrs[-1] < lrs[WARMUP_ITERS]  # warm-up and steps happened
+
+    assert [sorted(d) for d in trainer_rec.losses] == [sorted(d) for d in runner_rec.losses]
+    for step, (ours, theirs) in enumerate(zip(trainer_rec.losses, runner_rec.losses)):
+        for key in theirs:
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), f"iteration {step}: {key}"
+
+    ours_state = module.model.state_dict()
+    for key, value in runner_state.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(ours_state[key], value, rtol=1e-3, atol=1e-5, msg=lambda m: f"{key}: {m}")
+    assert abs(trainer_map - runner_map) <= 1e-3
+    assert np.isfinite(trainer_map)
