@@ -66,7 +66,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"Checkpoint {path!r} does not exist (working directory: {os.getcwd()}).\n"
             "Hint: pass the path or URL of an mmdet checkpoint (.pth) or of a Lightning checkpoint (.ckpt)."
         )
-    checkpoint: Any = CheckpointLoader.load_checkpoint(path, map_location="cpu")
+    checkpoint: Any = CheckpointLoader.load_checkpoint(path, map_location="cpu", logger="silent")
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
     if not isinstance(state, Mapping):
         raise ValueError(f"Checkpoint {path!r} holds no state dict (found {type(state).__name__}).")

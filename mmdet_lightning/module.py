@@ -296,10 +296,27 @@ class MMDetModule(pl.LightningModule):
         metrics = self._evaluator(stage).evaluate(len(self._dataset(dataloader)))
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) or (
             isinstance(v, torch.Tensor) and v.numel() == 1)}
+        if not scalars:
+            scalars = self._metrics_without_detections(stage)
         hub = MessageHub.get_current_instance()
         for key, value in scalars.items():
             hub.update_scalar(f"{stage}/{key}", value)
         self.log_dict(scalars, on_step=False, on_epoch=True)
+        return scalars
+
+    def _metrics_without_detections(self, stage: str) -> dict[str, float]:
+        """CocoMetric returns nothing when no image has a detection (a new model, say): log 0.0 instead,
+        so that ``ModelCheckpoint(monitor="coco/bbox_mAP")`` and loggers see the keys from the first epoch."""
+        scalars = {}
+        for metric in self._evaluator(stage).metrics:
+            if type(metric).__name__ != "CocoMetric":
+                continue
+            items = metric.metric_items or ["mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l"]
+            for kind in metric.metrics:
+                if kind != "proposal_fast":
+                    scalars.update({f"{metric.prefix}/{kind}_{item}": 0.0 for item in items})
+        if scalars:
+            rank_zero_warn(f"{stage}: no detections on the whole dataset; COCO metrics are logged as 0.0.")
         return scalars
 
     def on_validation_epoch_start(self) -> None:
