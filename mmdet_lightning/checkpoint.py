@@ -90,8 +90,9 @@ def load_detector_weights(model: nn.Module, path: str | os.PathLike) -> LoadRepo
         >>> import tempfile, torch
         >>> path = tempfile.mktemp(suffix=".pth")
         >>> torch.save({"state_dict": {"weight": torch.ones(2, 3), "extra": torch.ones(1)}}, path)
-        >>> load_detector_weights(torch.nn.Linear(3, 4), path).summary()
-        "loaded 0 tensors; 1 missing from the checkpoint: bias; 1 in the checkpoint but not in the model: extra; 1 with another shape, not loaded: weight (checkpoint [2, 3] vs model [4, 3])"
+        >>> report = load_detector_weights(torch.nn.Linear(3, 4), path)
+        >>> report.missing, report.unexpected, report.mismatched
+        (['bias'], ['extra'], {'weight': ((2, 3), (4, 3))})
     """
     state = read_state_dict(path)
     own = model.state_dict()
