@@ -27,7 +27,7 @@ class RunnerRecorder(Hook):
         self.lrs.append([g["lr"] for g in runner.optim_wrapper.param_groups])
 
     def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
-        self.losses.append({k: float(v) for k, v in outputs.items()})
+        self.losses.append({k: float(v.detach()) for k, v in outputs.items()})
 
 
 class TrainerRecorder(pl.Callback):
@@ -44,8 +44,9 @@ class TrainerRecorder(pl.Callback):
         self.losses.append({k: float(v) for k, v in outputs["log_vars"].items()})
 
 
-def _config(shapes_config: Any, tmp_path: Any) -> Any:
+def _config(shapes_config: Any, tmp_path: Any, load_from: Any) -> Any:
     cfg = shapes_config("shapes_faster_rcnn.py", max_epochs=MAX_EPOCHS, batch_size=3)
+    cfg.load_from = str(load_from)  # a model that detects, so that the mAP comparison means something
     cfg.train_cfg.val_interval = MAX_EPOCHS
     cfg.param_scheduler = [
         dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=WARMUP_ITERS),
@@ -59,10 +60,10 @@ def _config(shapes_config: Any, tmp_path: Any) -> Any:
 
 
 @pytest.mark.slow
-def test_trainer_matches_mmengine_runner(shapes_config: Any, tmp_path: Any) -> None:
+def test_trainer_matches_mmengine_runner(shapes_config: Any, tmp_path: Any, trained_checkpoint: Any) -> None:
     from mmengine.runner import Runner
 
-    cfg = _config(shapes_config, tmp_path)
+    cfg = _config(shapes_config, tmp_path, trained_checkpoint)
     runner = Runner.from_cfg(cfg.copy())
     runner_rec = RunnerRecorder()
     runner.register_hook(runner_rec, priority="VERY_LOW")
@@ -97,5 +98,6 @@ def test_trainer_matches_mmengine_runner(shapes_config: Any, tmp_path: Any) -> N
     for key, value in runner_state.items():
         if value.is_floating_point():
             torch.testing.assert_close(ours_state[key], value, rtol=1e-3, atol=1e-5, msg=lambda m: f"{key}: {m}")
+    assert runner_map > 0.05
     assert abs(trainer_map - runner_map) <= 1e-3
     assert np.isfinite(trainer_map)
