@@ -15,8 +15,9 @@ from .config import ConfigLike, init_mmdet_scope, load_config
 
 __all__ = ["MMDetDataModule"]
 
+# the loaders each stage needs; `fit` validates only when the config has a `val_dataloader`
 _STAGE_LOADERS = {
-    "fit": ("train_dataloader", "val_dataloader"),
+    "fit": ("train_dataloader",),
     "validate": ("val_dataloader",),
     "test": ("test_dataloader",),
     "predict": ("test_dataloader",),
@@ -58,10 +59,14 @@ class MMDetDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         init_mmdet_scope()
-        for key in _STAGE_LOADERS.get(stage, ()):
+        stage = str(getattr(stage, "value", stage))
+        needed = _STAGE_LOADERS.get(stage, ())
+        for key in needed:
             if self.cfg.get(key) is None:
                 raise ValueError(f"The config has no `{key}`, which `{stage}` needs.")
-            for dataset_cfg in _dataset_cfgs(self.cfg[key].get("dataset", {})):
+        optional = ("val_dataloader",) if stage == "fit" else ()
+        for key in needed + optional:
+            for dataset_cfg in _dataset_cfgs((self.cfg.get(key) or {}).get("dataset", {})):
                 _check_dataset_paths(key, dataset_cfg)
         trainer = self.trainer
         connector = getattr(trainer, "_accelerator_connector", None) if trainer is not None else None
@@ -90,8 +95,9 @@ class MMDetDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._build("train_dataloader")
 
-    def val_dataloader(self) -> DataLoader:
-        return self._build("val_dataloader")
+    def val_dataloader(self) -> DataLoader | list:
+        # no `val_dataloader` in the config: an empty list, which tells Lightning not to validate
+        return self._build("val_dataloader") if self.cfg.get("val_dataloader") is not None else []
 
     def test_dataloader(self) -> DataLoader:
         return self._build("test_dataloader")

@@ -88,6 +88,11 @@ class MMDetModule(pl.LightningModule):
         self._evaluators: dict[str, Evaluator] = {}
         self._checked_datasets: set[int] = set()
         self._epoch_schedulers_stepped = False
+        #: whether training scalars go to the loggers every step (a metrics callback that logs interval
+        #: averages turns this off, so nothing is logged twice); the progress bar shows the loss either way
+        self.log_train_scalars = True
+        #: scalar results of the latest validation (or test), e.g. ``{"coco/bbox_mAP": 0.57, ...}``
+        self.last_eval_metrics: dict[str, float] = {}
 
     @classmethod
     def from_config(cls, config: ConfigLike, load_from: str | None = None) -> "MMDetModule":
@@ -236,8 +241,10 @@ class MMDetModule(pl.LightningModule):
             optimizer.zero_grad()
         log_vars = {k: v.detach() for k, v in log_vars.items()}
         batch_size = len(batch["inputs"]) if isinstance(batch, Mapping) and "inputs" in batch else None
-        self.log_dict({f"train/{k}": v for k, v in log_vars.items()}, batch_size=batch_size, on_step=True,
-                      on_epoch=False)
+        to_logger = self.log_train_scalars and bool(self.trainer.loggers)
+        self.log("train/loss", log_vars["loss"], batch_size=batch_size, prog_bar=True, logger=to_logger)
+        others = {f"train/{k}": v for k, v in log_vars.items() if k != "loss"}
+        self.log_dict(others, batch_size=batch_size, logger=to_logger)
         # what mmengine's train_step returns, for callbacks' `on_train_batch_end(outputs=...)`
         return {"loss": log_vars["loss"], "log_vars": log_vars}
 
@@ -302,6 +309,7 @@ class MMDetModule(pl.LightningModule):
         for key, value in scalars.items():
             hub.update_scalar(f"{stage}/{key}", value)
         self.log_dict(scalars, on_step=False, on_epoch=True)
+        self.last_eval_metrics = scalars
         return scalars
 
     def _metrics_without_detections(self, stage: str) -> dict[str, float]:

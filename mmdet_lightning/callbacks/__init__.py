@@ -1,0 +1,8 @@
+"""Lightning callbacks that give W&B users what mmdet 2.x's MMDetWandbHook gave them."""
+
+from .checkpoint_artifacts import WandbCheckpointArtifacts
+from .metrics import WandbIntervalMetrics
+from .tables import WandbDetectionTables
+from .wandb_callback import MMDetWandbCallback
+
+__all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables"]

@@ -1,0 +1,210 @@
+"""Checkpoints written by Lightning's ModelCheckpoint, uploaded as W&B model artifacts with eval metadata."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers.logger import Logger
+from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+from ._wandb import find_wandb_logger
+
+__all__ = ["WandbCheckpointArtifacts"]
+
+
+class _CheckpointWatcher(Logger):
+    """Lightning tells every logger when a ModelCheckpoint has written a file (``after_save_checkpoint``,
+    rank 0, after the file is complete); this logger passes that on to the callback and logs nothing."""
+
+    def __init__(self, on_saved: Callable[[ModelCheckpoint], None]) -> None:
+        super().__init__()
+        self._on_saved = on_saved
+
+    @property
+    def name(self) -> str:
+        return "wandb_checkpoint_watcher"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
+        self._on_saved(checkpoint_callback)
+
+
+class WandbCheckpointArtifacts(Callback):
+    """Upload each checkpoint that ``ModelCheckpoint`` writes as W&B artifact ``run_<run id>_model``.
+
+    Each version has type ``model``, aliases ``epoch_N`` (epoch-based checkpoints, N counted from 1 as
+    in mmdet) or ``iter_N`` (step-based), ``latest``, and ``best`` when it is the monitored best; its
+    metadata is ``{"epoch", "global_step", **the latest validation's metrics}``, taken from the last
+    validation, never by evaluating again. The file is hard-linked (not copied) into the W&B run folder,
+    so that neither a staging copy nor Lightning's removal of old top-k files touches what is uploaded
+    or waits for ``wandb sync``.
+
+    Lifecycle::
+
+        setup                  find the WandbLogger; no ModelCheckpoint: one warning, uploads off
+        on_train_start         checkpoint interval must be a multiple of the validation interval
+        on_validation_end      remember the validation's metrics (module.last_eval_metrics)
+        ModelCheckpoint saves  -> after_save_checkpoint -> upload (rank 0 only; nothing collective)
+        on_exception           upload the newest checkpoint not yet uploaded, alias "interrupted"
+
+    Args:
+        log_checkpoint_metadata: add epoch, step and the latest eval metrics to each version's metadata.
+        upload_on_exception: when training stops on an exception or interrupt, upload the newest checkpoint.
+
+    Raises:
+        MisconfigurationException: no ``WandbLogger``; a checkpoint interval that is not a multiple of the
+            validation interval while ``log_checkpoint_metadata`` is on.
+
+    Example::
+        >>> callbacks = [ModelCheckpoint(every_n_epochs=1, save_top_k=-1), WandbCheckpointArtifacts()]
+    """
+
+    ARTIFACT_TYPE = "model"
+
+    def __init__(self, log_checkpoint_metadata: bool = True, upload_on_exception: bool = True) -> None:
+        self.log_checkpoint_metadata = log_checkpoint_metadata
+        self.upload_on_exception = upload_on_exception
+        self.uploaded: dict[str, int] = {}  # file path -> global step it was uploaded at
+        self._eval_metrics: dict[str, float] = {}
+        self._enabled = True
+        self._watcher: _CheckpointWatcher | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._logger = find_wandb_logger(trainer, type(self).__name__)
+        self._trainer = trainer
+        if stage != "fit":
+            return
+        if not [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]:
+            rank_zero_warn(
+                "log_checkpoint=True but the trainer has no ModelCheckpoint callback: no checkpoint will be "
+                "uploaded. Hint: add ModelCheckpoint(every_n_epochs=1) to the callbacks."
+            )
+            self._enabled = False
+            return
+        self._watcher = _CheckpointWatcher(self._on_checkpoint_saved)
+        trainer.loggers = [*trainer.loggers, self._watcher]
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._watcher is not None:
+            trainer.loggers = [logger for logger in trainer.loggers if logger is not self._watcher]
+            self._watcher = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._enabled and self.log_checkpoint_metadata:
+            for callback in trainer.checkpoint_callbacks:
+                if isinstance(callback, ModelCheckpoint):
+                    _check_intervals(trainer, callback)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = getattr(pl_module, "last_eval_metrics", None)
+        if metrics is None:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("train/")}
+        self._eval_metrics = dict(metrics)
+
+    def _on_checkpoint_saved(self, checkpoint_callback: ModelCheckpoint) -> None:
+        trainer = self._trainer
+        candidates = [checkpoint_callback.last_model_path, checkpoint_callback.best_model_path,
+                      *checkpoint_callback.best_k_models]
+        fresh = [p for p in dict.fromkeys(candidates) if p and os.path.isfile(p) and p not in self.uploaded]
+        if trainer.global_step in self.uploaded.values():  # last.ckpt beside the top-k file of the same step
+            self.uploaded.update({p: trainer.global_step for p in fresh})
+            return
+        if fresh:
+            path = max(fresh, key=os.path.getmtime)
+            step_based = bool(getattr(checkpoint_callback, "_every_n_train_steps", 0))
+            tag = f"iter_{trainer.global_step}" if step_based else f"epoch_{trainer.current_epoch + 1}"
+            aliases = [tag, "latest"]
+            if checkpoint_callback.monitor and path == checkpoint_callback.best_model_path:
+                aliases.append("best")
+            self._upload(trainer, path, aliases)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not (self._enabled and self.upload_on_exception):
+            return
+        files = [p for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)
+                 for p in (cb.last_model_path, cb.best_model_path, *cb.best_k_models) if p and os.path.isfile(p)]
+        fresh = [p for p in files if p not in self.uploaded]
+        if fresh:
+            path = max(fresh, key=os.path.getmtime)
+            self._upload(trainer, path, ["interrupted", "latest"], extra={"interrupted": type(exception).__name__})
+
+    @rank_zero_only
+    def _upload(self, trainer: pl.Trainer, path: str, aliases: list[str], extra: dict[str, Any] | None = None) -> None:
+        import wandb
+
+        run = self._logger.experiment
+        metadata: dict[str, Any] = {}
+        if self.log_checkpoint_metadata:
+            metadata = {"epoch": trainer.current_epoch + 1, "global_step": trainer.global_step, **self._eval_metrics}
+        metadata.update(extra or {})
+        artifact = wandb.Artifact(f"run_{run.id}_{self.ARTIFACT_TYPE}", type=self.ARTIFACT_TYPE, metadata=metadata)
+        link = _link_for_upload(Path(path), Path(run.dir).parent / "checkpoint_links", trainer.global_step)
+        artifact.add_file(str(link), name=Path(path).name, policy="immutable")
+        run.log_artifact(artifact, aliases=aliases)
+        self.uploaded[path] = trainer.global_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"uploaded": dict(self.uploaded)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.uploaded = dict(state_dict.get("uploaded", {}))
+
+
+def _link_for_upload(path: Path, folder: Path, step: int) -> Path:
+    """A hard link to ``path`` that outlives Lightning's removal of the file; a copy across file systems."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"step{step}-{path.name}"
+    if target.exists():
+        target.unlink()
+    try:
+        os.link(path, target)
+    except OSError:
+        shutil.copy2(path, target)
+    return target
+
+
+def _check_intervals(trainer: pl.Trainer, callback: ModelCheckpoint) -> None:
+    """The hook's assert, as a clear error: checkpoints must fall on validations for their metadata."""
+    every_steps = getattr(callback, "_every_n_train_steps", 0) or 0
+    every_epochs = getattr(callback, "_every_n_epochs", 0) or 0
+    val_epochs = trainer.check_val_every_n_epoch
+    per_epoch_validation = isinstance(trainer.val_check_interval, float) and trainer.val_check_interval == 1.0
+    if trainer.limit_val_batches == 0:
+        return
+    hint = ("Hint: make the checkpoint interval a multiple of the validation interval, or turn checkpoint "
+            "metadata off (log_checkpoint_metadata=False).")
+    if every_steps:
+        if per_epoch_validation and val_epochs:
+            val_steps = trainer.num_training_batches * val_epochs
+            what = f"every {val_epochs} epoch(s) = {val_steps} steps (check_val_every_n_epoch={val_epochs})"
+        else:
+            val_steps = int(trainer.val_check_batch)
+            what = f"every {val_steps} steps (val_check_interval={trainer.val_check_interval})"
+        if every_steps % max(val_steps, 1):
+            raise MisconfigurationException(
+                f"ModelCheckpoint(every_n_train_steps={every_steps}) saves every {every_steps} steps, but validation "
+                f"runs {what}: a checkpoint's metadata would carry the metrics of an older model.\n{hint}"
+            )
+    elif every_epochs and val_epochs and per_epoch_validation and every_epochs % val_epochs:
+        raise MisconfigurationException(
+            f"ModelCheckpoint(every_n_epochs={every_epochs}) saves every {every_epochs} epoch(s), but validation runs "
+            f"every {val_epochs} epochs (check_val_every_n_epoch={val_epochs}): a checkpoint's metadata would "
+            f"carry the metrics of an older model.\n{hint}"
+        )

@@ -1,0 +1,230 @@
+"""W&B Tables of validation images with ground truth, and of predictions after each validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
+
+from ..utilities.wandb_media import (
+    Instances,
+    box_data,
+    class_mask_layers,
+    instances_from_data_info,
+    instances_from_prediction,
+)
+from ._wandb import check_non_negative_int, check_unit_interval, find_wandb_logger
+
+if TYPE_CHECKING:
+    import wandb
+
+__all__ = ["WandbDetectionTables"]
+
+
+class WandbDetectionTables(Callback):
+    """Validation images with ground truth as table ``val_data``, predictions as table ``eval_data``.
+
+    ``num_eval_images`` validation images are chosen once, with their own seeded generator (the global
+    NumPy and torch generators are not touched), and read at their original resolution from the
+    dataset's file paths, whatever the pipeline does. After the first validation they are logged once
+    per run as table ``val_data`` (columns ``image_name``, ``image``: ground-truth boxes and, for
+    instance segmentation models, masks) in artifact ``val`` of type ``dataset``. After every validation,
+    table ``eval_data`` (columns ``image_name``, ``ground_truth``, ``prediction``) goes to artifact
+    ``run_<run id>_pred`` of type ``evaluation`` with aliases ``epoch_N`` and ``latest``. Its images are
+    references to the files of ``val`` (nothing uploaded twice); its boxes are the predictions with a
+    score above ``bbox_score_thr``, each with ``scores`` for the W&B slider.
+
+    Lifecycle::
+
+        on_validation_start        choose the images (first time only; all ranks)
+        on_validation_batch_end    keep the predictions of chosen images this process saw
+        on_validation_epoch_end    gather predictions from every process (all ranks: collective)
+                                   -> rank 0: `val` once, then `run_<id>_pred` (no collective inside)
+
+    Args:
+        num_eval_images: how many validation images to log; 0 turns the tables off; more than the
+            dataset means all of them (with a warning).
+        bbox_score_thr: logged predictions have a score above this, in [0, 1].
+        seed: seed of the image choice.
+
+    Raises:
+        ValueError: ``num_eval_images`` negative, ``bbox_score_thr`` outside [0, 1].
+        MisconfigurationException: the trainer has no ``WandbLogger`` (at setup).
+
+    Note:
+        Predictions are gathered with ``torch.distributed.all_gather_object`` on every rank; only the
+        W&B calls run on rank 0, so no process waits on a collective that another never enters.
+
+    Example::
+        >>> WandbDetectionTables(num_eval_images=50, bbox_score_thr=0.5).num_eval_images
+        50
+    """
+
+    VAL_ARTIFACT = "val"
+    VAL_TABLE = "val_data"
+    PRED_TABLE = "eval_data"
+
+    def __init__(self, num_eval_images: int = 100, bbox_score_thr: float = 0.3, seed: int = 42) -> None:
+        self.num_eval_images = check_non_negative_int("num_eval_images", num_eval_images)
+        self.bbox_score_thr = check_unit_interval("bbox_score_thr", bbox_score_thr)
+        self.seed = seed
+        self.indices: list[int] | None = None
+        self.val_logged = False
+        self._by_path: dict[str, int] = {}
+        self._predictions: dict[int, Instances] = {}
+        self._with_masks = False
+        self._val_artifact: Any = None
+        self._val_images: dict[int, tuple[str, Any]] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._logger = find_wandb_logger(trainer, type(self).__name__)
+
+    def _active(self, trainer: pl.Trainer) -> bool:
+        return self.num_eval_images > 0 and not trainer.sanity_checking and trainer.state.fn == "fit"
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._active(trainer):
+            return
+        dataset = _dataset(trainer.val_dataloaders)
+        if self.indices is None:
+            self.indices = self._choose(len(dataset))
+        self._by_path = {str(dataset.get_data_info(i)["img_path"]): i for i in self.indices}
+        self._predictions = {}
+
+    def _choose(self, size: int) -> list[int]:
+        if self.num_eval_images > size:
+            rank_zero_warn(
+                f"num_eval_images={self.num_eval_images} is more than the {size} validation images: logging all of them."
+            )
+        count = min(self.num_eval_images, size)
+        return sorted(np.random.default_rng(self.seed).choice(size, size=count, replace=False).tolist())
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._active(trainer) or not isinstance(outputs, Sequence):
+            return
+        for sample in outputs:
+            if not hasattr(sample, "pred_instances"):
+                continue
+            self._with_masks = self._with_masks or "masks" in sample.pred_instances
+            index = self._by_path.get(str(sample.metainfo.get("img_path")))
+            if index is not None:
+                self._predictions[index] = instances_from_prediction(sample, self.bbox_score_thr)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._active(trainer):
+            return
+        parts = _gather((self._predictions, self._with_masks))
+        merged: dict[int, Instances] = {}
+        for predictions, _ in parts:
+            merged.update(predictions)  # padding duplicates from the samplers collapse here
+        self._with_masks = any(with_masks for _, with_masks in parts)
+        self._log(trainer, _dataset(trainer.val_dataloaders), merged)
+        self._predictions = {}
+
+    @rank_zero_only
+    def _log(self, trainer: pl.Trainer, dataset: Any, predictions: dict[int, Instances]) -> None:
+        import wandb
+
+        run = self._logger.experiment
+        classes = list(dataset.metainfo.get("classes") or [])
+        class_set = wandb.Classes([{"id": i + 1, "name": name} for i, name in enumerate(classes)])
+        if not self.val_logged:
+            self._log_val_table(run, dataset, classes, class_set)
+        table = wandb.Table(columns=["image_name", "ground_truth", "prediction"])
+        artifact = wandb.Artifact(f"run_{run.id}_pred", type="evaluation")
+        for index in self.indices or []:
+            if index not in self._val_images:
+                continue
+            name, gt_image = self._val_images[index]
+            self._reference_val_media(artifact, gt_image)
+            pred = predictions.get(index, Instances(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0)))
+            table.add_data(name, gt_image, _wandb_image(gt_image, pred, "predictions", classes, class_set))
+        artifact.add(table, self.PRED_TABLE)
+        run.log_artifact(artifact, aliases=[f"epoch_{trainer.current_epoch + 1}", "latest"])
+
+    def _log_val_table(self, run: Any, dataset: Any, classes: list[str], class_set: "wandb.Classes") -> None:
+        import wandb
+        from PIL import Image
+
+        table = wandb.Table(columns=["image_name", "image"])
+        for index in self.indices or []:
+            info = dataset.get_data_info(index)
+            path = str(info["img_path"])
+            try:
+                with Image.open(path) as image:
+                    pixels = np.asarray(image.convert("RGB"))
+            except Exception as err:  # PIL raises many types for unreadable files
+                rank_zero_warn(f"W&B val table: skipping image {path}, which cannot be read ({type(err).__name__}: {err}).")
+                continue
+            height, width = pixels.shape[:2]
+            gt = instances_from_data_info(info, height, width, with_masks=self._with_masks)
+            if gt.problems:
+                rank_zero_warn(f"W&B val table: {path}: " + "; ".join(gt.problems))
+            image = _wandb_image(pixels, gt, "ground_truth", classes, class_set)
+            name = Path(path).name
+            table.add_data(name, image)
+            self._val_images[index] = (name, image)
+        artifact = wandb.Artifact(self.VAL_ARTIFACT, type="dataset")
+        artifact.add(table, self.VAL_TABLE)
+        run.log_artifact(artifact)
+        self._val_artifact = artifact
+        self.val_logged = True
+
+    def _reference_val_media(self, artifact: "wandb.Artifact", image: "wandb.Image") -> None:
+        """Make ``artifact`` hold the files of ``image`` (and its masks) as references to ``val``'s entries.
+
+        W&B serialises a table's images by adding their files to the artifact, unless the artifact
+        already holds that local file; a ``wandb-client-artifact://`` reference entry registered for the
+        file makes it point at the ``val`` artifact's copy instead, online and offline (the reference is
+        resolved when the run is synced).
+        """
+        source = self._val_artifact
+        media = [image, *(getattr(image, "_masks", None) or {}).values()]
+        for item in media:
+            local = getattr(item, "_path", None)
+            entry_name = source.get_added_local_path_name(local) if local else None
+            if entry_name is None or artifact.get_added_local_path_name(local) is not None:
+                continue
+            url = f"wandb-client-artifact://{source._client_id}/{entry_name}"
+            entry = artifact.add_reference(url, name=entry_name)[0]
+            artifact._added_local_paths[local] = entry
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"indices": self.indices, "val_logged": self.val_logged}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.indices = state_dict.get("indices")
+        self.val_logged = bool(state_dict.get("val_logged", False))
+
+
+def _wandb_image(pixels: Any, instances: Instances, key: str, classes: list[str], class_set: Any) -> "wandb.Image":
+    import wandb
+
+    labels = {i + 1: name for i, name in enumerate(classes)}
+    boxes = {key: {"box_data": box_data(instances, classes), "class_labels": labels}}
+    layers = class_mask_layers(instances, classes)
+    masks = {f"{key}_{name}": {"mask_data": layer, "class_labels": labels} for name, layer in layers.items()}
+    return wandb.Image(pixels, boxes=boxes, masks=masks or None, classes=class_set)
+
+
+def _dataset(dataloaders: Any) -> Any:
+    if isinstance(dataloaders, Sequence):
+        dataloaders = dataloaders[0]
+    return dataloaders.dataset
+
+
+def _gather(obj: Any) -> list[Any]:
+    """``obj`` from every process (a list with one item when not distributed); call it on all ranks."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, obj)
+    return parts

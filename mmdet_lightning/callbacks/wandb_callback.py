@@ -1,0 +1,85 @@
+"""MMDetWandbCallback: everything mmdet 2.x's MMDetWandbHook did, as one Lightning callback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+from ._wandb import check_non_negative_int, check_unit_interval
+from .checkpoint_artifacts import WandbCheckpointArtifacts
+from .metrics import WandbIntervalMetrics
+from .tables import WandbDetectionTables
+
+__all__ = ["MMDetWandbCallback"]
+
+# every Callback hook the parts implement; the group forwards each one to its parts in order
+_FORWARDED_HOOKS = (
+    "setup", "teardown", "on_fit_start", "on_train_start", "on_train_epoch_start", "on_train_batch_start",
+    "on_train_batch_end", "on_validation_start", "on_validation_batch_end", "on_validation_epoch_end",
+    "on_validation_end", "on_exception",
+)
+
+
+class MMDetWandbCallback(Callback):
+    """The ``MMDetWandbHook`` of mmdet 2.x for Lightning's ``WandbLogger``, with the hook's arguments.
+
+    Made of three callbacks that also work alone: :class:`WandbIntervalMetrics` (``interval``),
+    :class:`WandbCheckpointArtifacts` (``log_checkpoint``, ``log_checkpoint_metadata``) and
+    :class:`WandbDetectionTables` (``num_eval_images``, ``bbox_score_thr``).
+
+    Args:
+        interval: log training scalars every N iterations, averaged over them.
+        log_checkpoint: upload each checkpoint of ``ModelCheckpoint`` as artifact ``run_<id>_model``.
+        log_checkpoint_metadata: add epoch, step and the latest eval metrics to the checkpoint artifacts.
+        num_eval_images: validation images in the W&B tables; 0 turns the tables off.
+        bbox_score_thr: predictions with a higher score go into the prediction table.
+
+    Raises:
+        ValueError: a negative ``interval`` or ``num_eval_images``, ``bbox_score_thr`` outside [0, 1].
+
+    Example::
+        >>> callback = MMDetWandbCallback(interval=10, log_checkpoint=True, num_eval_images=100, bbox_score_thr=0.3)
+        >>> [type(part).__name__ for part in callback.parts]
+        ['WandbIntervalMetrics', 'WandbCheckpointArtifacts', 'WandbDetectionTables']
+    """
+
+    def __init__(
+        self,
+        interval: int = 50,
+        log_checkpoint: bool = False,
+        log_checkpoint_metadata: bool = True,
+        num_eval_images: int = 100,
+        bbox_score_thr: float = 0.3,
+    ) -> None:
+        check_non_negative_int("interval", interval, positive=True)
+        check_non_negative_int("num_eval_images", num_eval_images)
+        check_unit_interval("bbox_score_thr", bbox_score_thr)
+        self.parts: list[Callback] = [WandbIntervalMetrics(interval=interval)]
+        if log_checkpoint:
+            self.parts.append(WandbCheckpointArtifacts(log_checkpoint_metadata=log_checkpoint_metadata))
+        if num_eval_images > 0:
+            self.parts.append(WandbDetectionTables(num_eval_images=num_eval_images, bbox_score_thr=bbox_score_thr))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {type(part).__name__: part.state_dict() for part in self.parts}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for part in self.parts:
+            if type(part).__name__ in state_dict:
+                part.load_state_dict(state_dict[type(part).__name__])
+
+
+def _forward(name: str) -> Any:
+    def hook(self: MMDetWandbCallback, *args: Any, **kwargs: Any) -> None:
+        for part in self.parts:
+            getattr(part, name)(*args, **kwargs)
+
+    hook.__name__ = name
+    hook.__doc__ = f"Calls ``{name}`` of each part."
+    return hook
+
+
+for _name in _FORWARDED_HOOKS:
+    setattr(MMDetWandbCallback, _name, _forward(_name))
