@@ -92,6 +92,10 @@ class MMDetDataModule(pl.LightningDataModule):
         diff_rank_seed = bool((self.cfg.get("randomness") or {}).get("diff_rank_seed", False))
         return Runner.build_dataloader(copy.deepcopy(self.cfg[key]), seed=self._seed(), diff_rank_seed=diff_rank_seed)
 
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        # The model's data preprocessor moves (and casts) the batch itself, as under mmengine's runner.
+        return batch
+
     def train_dataloader(self) -> DataLoader:
         return self._build("train_dataloader")
 

@@ -114,10 +114,6 @@ class MMDetModule(pl.LightningModule):
                     module._device = tensor.device
         return self
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        # The data preprocessor moves (and casts) the batch itself, as under mmengine's runner.
-        return batch
-
     def forward(self, batch: Mapping[str, Any]) -> list[Any]:
         """Predictions (``DetDataSample`` list) for a collated batch from an mmdet dataloader."""
         return self.model.test_step(batch)
