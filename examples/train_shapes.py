@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from mmdet_lightning import MMDetDataModule, MMDetModule, make_shapes_dataset
+from mmdet_lightning.callbacks import MMDetWandbCallback
 from mmdet_lightning.config import load_config, replace_data_root
 
 
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--num-val", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=None, help="default: the config's train_cfg.max_epochs")
     parser.add_argument("--work-dir", default="work_dirs/demo")
+    parser.add_argument("--num-eval-images", type=int, default=20, help="images in the W&B tables")
     args = parser.parse_args()
 
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -44,8 +46,13 @@ def main() -> None:
         accelerator="auto",
         devices=1,
         logger=WandbLogger(project="mmdet-lightning-demo", save_dir=args.work_dir, offline=True),
-        callbacks=[ModelCheckpoint(dirpath=os.path.join(args.work_dir, "checkpoints"), monitor="coco/bbox_mAP",
-                                   mode="max", save_last=True)],
+        callbacks=[
+            ModelCheckpoint(dirpath=os.path.join(args.work_dir, "checkpoints"), monitor="coco/bbox_mAP", mode="max",
+                            save_last=True),
+            # what mmdet 2.x's MMDetWandbHook logged: interval metrics, checkpoint artifacts, val/prediction tables
+            MMDetWandbCallback(interval=10, log_checkpoint=True, num_eval_images=args.num_eval_images,
+                               bbox_score_thr=0.3),
+        ],
         check_val_every_n_epoch=cfg.train_cfg.get("val_interval", 1),
         log_every_n_steps=10,
         num_sanity_val_steps=0,

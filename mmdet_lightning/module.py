@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
 import pytorch_lightning as pl
 import torch
@@ -25,6 +25,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from .checkpoint import LoadReport, load_detector_weights
 from .config import ConfigLike, init_mmdet_scope, load_config
+from .utilities import first_dataset
 
 if TYPE_CHECKING:
     from mmengine.evaluator import Evaluator
@@ -201,7 +202,7 @@ class MMDetModule(pl.LightningModule):
         hub.update_info("iter", self._iteration())
         hub.update_info("max_epochs", max_epochs)
         hub.update_info("max_iters", max_iters)
-        dataset = self._dataset(self.trainer.train_dataloader)
+        dataset = first_dataset(self.trainer.train_dataloader)
         self._check_classes(dataset, "train")
         if hasattr(dataset, "metainfo"):
             hub.update_info("dataset_meta", dataset.metainfo)
@@ -279,14 +280,8 @@ class MMDetModule(pl.LightningModule):
                 self._evaluators[stage] = Evaluator(cfg)
         return self._evaluators[stage]
 
-    @staticmethod
-    def _dataset(dataloader: Any) -> Any:
-        if isinstance(dataloader, Sequence) and not isinstance(dataloader, torch.utils.data.DataLoader):
-            dataloader = dataloader[0]
-        return getattr(dataloader, "dataset", None)
-
     def _start_evaluation(self, stage: str, dataloader: Any) -> None:
-        dataset = self._dataset(dataloader)
+        dataset = first_dataset(dataloader)
         self._check_classes(dataset, stage)
         evaluator = self._evaluator(stage)
         evaluator.dataset_meta = getattr(dataset, "metainfo", None)
@@ -296,7 +291,7 @@ class MMDetModule(pl.LightningModule):
     def _finish_evaluation(self, stage: str, dataloader: Any) -> dict[str, float]:
         from mmengine.logging import MessageHub
 
-        metrics = self._evaluator(stage).evaluate(len(self._dataset(dataloader)))
+        metrics = self._evaluator(stage).evaluate(len(first_dataset(dataloader)))
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) or (
             isinstance(v, torch.Tensor) and v.numel() == 1)}
         if not scalars:

@@ -11,6 +11,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
+from ..utilities import first_dataset
 from ..utilities.wandb_media import (
     Instances,
     box_data,
@@ -90,7 +91,7 @@ class WandbDetectionTables(Callback):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active(trainer):
             return
-        dataset = _dataset(trainer.val_dataloaders)
+        dataset = first_dataset(trainer.val_dataloaders)
         if self.indices is None:
             self.indices = self._choose(len(dataset))
         self._by_path = {str(dataset.get_data_info(i)["img_path"]): i for i in self.indices}
@@ -126,7 +127,7 @@ class WandbDetectionTables(Callback):
         for predictions, _ in parts:
             merged.update(predictions)  # padding duplicates from the samplers collapse here
         self._with_masks = any(with_masks for _, with_masks in parts)
-        self._log(trainer, _dataset(trainer.val_dataloaders), merged)
+        self._log(trainer, first_dataset(trainer.val_dataloaders), merged)
         self._predictions = {}
 
     @rank_zero_only
@@ -213,12 +214,6 @@ def _wandb_image(pixels: Any, instances: Instances, key: str, classes: list[str]
     layers = class_mask_layers(instances, classes)
     masks = {f"{key}_{name}": {"mask_data": layer, "class_labels": labels} for name, layer in layers.items()}
     return wandb.Image(pixels, boxes=boxes, masks=masks or None, classes=class_set)
-
-
-def _dataset(dataloaders: Any) -> Any:
-    if isinstance(dataloaders, Sequence):
-        dataloaders = dataloaders[0]
-    return dataloaders.dataset
 
 
 def _gather(obj: Any) -> list[Any]:
