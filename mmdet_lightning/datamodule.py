@@ -12,6 +12,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from .config import ConfigLike, init_mmdet_scope, load_config
+from .image_folder import DetImageFolder, list_images
 
 __all__ = ["MMDetDataModule"]
 
@@ -36,6 +37,7 @@ class MMDetDataModule(pl.LightningDataModule):
         config: mmdet config: a file path, a dict or an mmengine ``Config``.
         seed: seed of the samplers and workers; defaults to the seed of ``pl.seed_everything``, then the
             config's ``randomness.seed``.
+        predict_folder: predict on the images of this folder (no annotations needed) instead of the test set.
 
     Raises:
         FileNotFoundError: a dataset's annotation file or image folder does not exist (at ``setup``).
@@ -47,15 +49,17 @@ class MMDetDataModule(pl.LightningDataModule):
         ['data_samples', 'inputs']
     """
 
-    def __init__(self, config: ConfigLike, seed: int | None = None) -> None:
+    def __init__(self, config: ConfigLike, seed: int | None = None, predict_folder: str | None = None) -> None:
         super().__init__()
         self.cfg = load_config(config)
         self.seed = seed
+        self.predict_folder = predict_folder
 
     @classmethod
-    def from_config(cls, config: ConfigLike, seed: int | None = None) -> "MMDetDataModule":
-        """Same as ``MMDetDataModule(config, seed)``."""
-        return cls(config, seed=seed)
+    def from_config(cls, config: ConfigLike, seed: int | None = None,
+                    predict_folder: str | None = None) -> "MMDetDataModule":
+        """Same as ``MMDetDataModule(config, seed, predict_folder)``."""
+        return cls(config, seed=seed, predict_folder=predict_folder)
 
     def setup(self, stage: str) -> None:
         init_mmdet_scope()
@@ -65,6 +69,9 @@ class MMDetDataModule(pl.LightningDataModule):
             if self.cfg.get(key) is None:
                 raise ValueError(f"The config has no `{key}`, which `{stage}` needs.")
         optional = ("val_dataloader",) if stage == "fit" else ()
+        if stage == "predict" and self.predict_folder is not None:
+            list_images(self.predict_folder)  # fails early on a missing or empty folder
+            needed = ()
         for key in needed + optional:
             for dataset_cfg in _dataset_cfgs((self.cfg.get(key) or {}).get("dataset", {})):
                 _check_dataset_paths(key, dataset_cfg)
@@ -84,13 +91,16 @@ class MMDetDataModule(pl.LightningDataModule):
         return (self.cfg.get("randomness") or {}).get("seed")
 
     def _build(self, key: str) -> DataLoader:
-        from mmengine.runner import Runner
-
         if self.cfg.get(key) is None:
             raise ValueError(f"The config has no `{key}`.")
+        return self._build_from(copy.deepcopy(self.cfg[key]))
+
+    def _build_from(self, loader_cfg: Any) -> DataLoader:
+        from mmengine.runner import Runner
+
         init_mmdet_scope()
         diff_rank_seed = bool((self.cfg.get("randomness") or {}).get("diff_rank_seed", False))
-        return Runner.build_dataloader(copy.deepcopy(self.cfg[key]), seed=self._seed(), diff_rank_seed=diff_rank_seed)
+        return Runner.build_dataloader(loader_cfg, seed=self._seed(), diff_rank_seed=diff_rank_seed)
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
         # The model's data preprocessor moves (and casts) the batch itself, as under mmengine's runner.
@@ -107,7 +117,19 @@ class MMDetDataModule(pl.LightningDataModule):
         return self._build("test_dataloader")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._build("test_dataloader")
+        if self.predict_folder is None:
+            return self._build("test_dataloader")
+        # the test loader, with the folder's images and the test pipeline without annotations
+        loader = copy.deepcopy(self.cfg.test_dataloader)
+        dataset = loader.dataset
+        while "dataset" in dataset:  # unwrap dataset wrappers
+            dataset = dataset.dataset
+        pipeline = [step for step in dataset.get("pipeline", []) if step.get("type") != "LoadAnnotations"]
+        loader.dataset = dict(type=DetImageFolder, folder=self.predict_folder, metainfo=dataset.get("metainfo"),
+                              pipeline=pipeline)
+        loader.sampler = dict(type="DefaultSampler", shuffle=False)
+        loader.pop("batch_sampler", None)
+        return self._build_from(loader)
 
 
 def _dataset_cfgs(cfg: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:

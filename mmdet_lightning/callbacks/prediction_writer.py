@@ -1,0 +1,92 @@
+"""Predictions written to disk: COCO-format results JSON and images with the predictions drawn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+from ..utilities import first_dataset
+from ..utilities.wandb_media import instances_from_prediction
+from ._wandb import check_unit_interval
+
+__all__ = ["DetectionWriter"]
+
+_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+
+
+class DetectionWriter(BasePredictionWriter):
+    """Write ``trainer.predict`` outputs to ``output_dir``: ``results.bbox.json`` (COCO results, loadable by
+    ``pycocotools.COCO.loadRes``) and one PNG per image with its predicted boxes (and masks) drawn.
+
+    Category ids are the dataset's (``cat_ids`` of mmdet's ``CocoDataset``), else ``label + 1``; image ids
+    are the samples' ``img_id``. Boxes with a score above ``score_thr`` are drawn; all go into the JSON.
+
+    Args:
+        output_dir: folder to write into (created).
+        score_thr: score above which a prediction is drawn, in [0, 1].
+        draw: write the PNG images.
+
+    Example::
+        >>> writer = DetectionWriter("work_dirs/predictions", score_thr=0.3)
+        >>> trainer = pl.Trainer(callbacks=[writer])  # doctest: +SKIP
+    """
+
+    RESULTS_FILE = "results.bbox.json"
+
+    def __init__(self, output_dir: str | Path, score_thr: float = 0.3, draw: bool = True) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.score_thr = check_unit_interval("score_thr", score_thr)
+        self.draw = draw
+        self.results: list[dict[str, Any]] = []
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.results = []
+        dataset = first_dataset(trainer.predict_dataloaders)
+        self._classes = list((getattr(dataset, "metainfo", None) or {}).get("classes") or [])
+        self._cat_ids = list(getattr(dataset, "cat_ids", []) or [])
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
+                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
+                           dataloader_idx: int = 0) -> None:
+        for sample in prediction:
+            everything = instances_from_prediction(sample, score_thr=-1.0)
+            image_id = sample.metainfo.get("img_id")
+            for box, label, score in zip(everything.boxes.tolist(), everything.labels.tolist(),
+                                         everything.scores.tolist()):
+                category = self._cat_ids[label] if label < len(self._cat_ids) else label + 1
+                self.results.append({"image_id": image_id, "category_id": int(category), "score": float(score),
+                                     "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
+            if self.draw:
+                self._draw(sample)
+
+    def _draw(self, sample: Any) -> None:
+        from PIL import Image, ImageDraw
+
+        path = Path(sample.metainfo["img_path"])
+        shown = instances_from_prediction(sample, self.score_thr)
+        with Image.open(path) as source:
+            image = source.convert("RGB")
+        if shown.masks is not None and len(shown.masks):
+            pixels = np.asarray(image).copy()
+            for mask, label in zip(shown.masks, shown.labels.tolist()):
+                colour = np.array(_COLOURS[label % len(_COLOURS)], dtype=np.float32)
+                pixels[mask] = (0.5 * pixels[mask] + 0.5 * colour).astype(np.uint8)
+            image = Image.fromarray(pixels)
+        draw = ImageDraw.Draw(image)
+        for box, label, score in zip(shown.boxes.tolist(), shown.labels.tolist(), shown.scores.tolist()):
+            colour = _COLOURS[label % len(_COLOURS)]
+            name = self._classes[label] if label < len(self._classes) else str(label)
+            draw.rectangle(box, outline=colour, width=2)
+            draw.text((box[0] + 2, box[1] + 1), f"{name} {score:.2f}", fill=colour)
+        image.save(self.output_dir / f"{path.stem}.png")
+
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        (self.output_dir / self.RESULTS_FILE).write_text(json.dumps(self.results))

@@ -1,0 +1,52 @@
+"""A dataset of the images in a folder, without annotations, for ``predict``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mmengine.dataset import BaseDataset
+
+__all__ = ["DetImageFolder", "IMAGE_SUFFIXES", "list_images"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted; a clear error when there are none.
+
+    Raises:
+        FileNotFoundError: the folder does not exist, or holds no image file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Image folder {str(folder)!r} does not exist.")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise FileNotFoundError(
+            f"Image folder {str(folder)!r} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})."
+        )
+    return images
+
+
+class DetImageFolder(BaseDataset):
+    """Every image of a folder as an mmdet test sample (``img_path``, ``img_id``), with no annotations.
+
+    Registered in mmdet's ``DATASETS`` as ``DetImageFolder``; ``MMDetDataModule(predict_folder=...)``
+    builds it with the config's test pipeline minus ``LoadAnnotations``.
+
+    Example::
+        >>> import tempfile
+        >>> DetImageFolder(tempfile.mkdtemp())
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: Image folder ... holds no images ...
+    """
+
+    def __init__(self, folder: str | Path, metainfo: dict | None = None, pipeline: Any = (), **kwargs: Any) -> None:
+        self.folder = Path(folder)
+        super().__init__(ann_file="", metainfo=metainfo, pipeline=list(pipeline), test_mode=True, **kwargs)
+
+    def load_data_list(self) -> list[dict[str, Any]]:
+        return [{"img_path": str(path), "img_id": index, "instances": []}
+                for index, path in enumerate(list_images(self.folder))]
