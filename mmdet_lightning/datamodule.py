@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from .config import ConfigLike, init_mmdet_scope, load_config
+from .config import ConfigLike, init_mmdet_scope, load_config, replace_data_root
 from .image_folder import DetImageFolder, list_images
 
 __all__ = ["MMDetDataModule"]
@@ -38,6 +38,7 @@ class MMDetDataModule(pl.LightningDataModule):
         seed: seed of the samplers and workers; defaults to the seed of ``pl.seed_everything``, then the
             config's ``randomness.seed``.
         predict_folder: predict on the images of this folder (no annotations needed) instead of the test set.
+        data_root: dataset folder to use instead of the config's ``data_root``.
 
     Raises:
         FileNotFoundError: a dataset's annotation file or image folder does not exist (at ``setup``).
@@ -49,17 +50,20 @@ class MMDetDataModule(pl.LightningDataModule):
         ['data_samples', 'inputs']
     """
 
-    def __init__(self, config: ConfigLike, seed: int | None = None, predict_folder: str | None = None) -> None:
+    def __init__(self, config: ConfigLike, seed: int | None = None, predict_folder: str | None = None,
+                 data_root: str | None = None) -> None:
         super().__init__()
         self.cfg = load_config(config)
+        if data_root is not None:
+            replace_data_root(self.cfg, data_root)
         self.seed = seed
         self.predict_folder = predict_folder
 
     @classmethod
-    def from_config(cls, config: ConfigLike, seed: int | None = None,
-                    predict_folder: str | None = None) -> "MMDetDataModule":
-        """Same as ``MMDetDataModule(config, seed, predict_folder)``."""
-        return cls(config, seed=seed, predict_folder=predict_folder)
+    def from_config(cls, config: ConfigLike, seed: int | None = None, predict_folder: str | None = None,
+                    data_root: str | None = None) -> "MMDetDataModule":
+        """Same as ``MMDetDataModule(config, ...)``."""
+        return cls(config, seed=seed, predict_folder=predict_folder, data_root=data_root)
 
     def setup(self, stage: str) -> None:
         init_mmdet_scope()

@@ -24,7 +24,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from .checkpoint import LoadReport, load_detector_weights
-from .config import ConfigLike, init_mmdet_scope, load_config
+from .config import ConfigLike, init_mmdet_scope, load_config, replace_data_root
 from .utilities import first_dataset
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class MMDetModule(pl.LightningModule):
         config: mmdet config: a file path, a dict or an mmengine ``Config``.
         load_from: mmdet or mmdet-lightning checkpoint (path or URL) to start from; defaults to the
             config's ``load_from``. Tensors that do not fit (another class count, say) are reported and skipped.
+        data_root: dataset folder to use instead of the config's ``data_root`` (evaluator paths included).
 
     Raises:
         FileNotFoundError: the config or the checkpoint does not exist.
@@ -58,9 +59,11 @@ class MMDetModule(pl.LightningModule):
         >>> trainer.fit(module, datamodule=MMDetDataModule.from_config(...))  # doctest: +SKIP
     """
 
-    def __init__(self, config: ConfigLike, load_from: str | None = None) -> None:
+    def __init__(self, config: ConfigLike, load_from: str | None = None, data_root: str | None = None) -> None:
         super().__init__()
         self.cfg = load_config(config)
+        if data_root is not None:
+            replace_data_root(self.cfg, data_root)
         init_mmdet_scope()
         from mmdet.registry import MODELS
         from mmengine.logging import MessageHub
@@ -96,9 +99,9 @@ class MMDetModule(pl.LightningModule):
         self.last_eval_metrics: dict[str, float] = {}
 
     @classmethod
-    def from_config(cls, config: ConfigLike, load_from: str | None = None) -> "MMDetModule":
-        """Same as ``MMDetModule(config, load_from)``; reads well beside ``MMDetDataModule.from_config``."""
-        return cls(config, load_from=load_from)
+    def from_config(cls, config: ConfigLike, load_from: str | None = None, data_root: str | None = None) -> "MMDetModule":
+        """Same as ``MMDetModule(config, ...)``; reads well beside ``MMDetDataModule.from_config``."""
+        return cls(config, load_from=load_from, data_root=data_root)
 
     # ------------------------------------------------------------------ devices and batches
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "MMDetModule":
