@@ -10,12 +10,12 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Union
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 if TYPE_CHECKING:
     from mmengine.config import Config
 
-__all__ = ["ConfigLike", "load_config", "init_mmdet_scope", "check_supported_task", "replace_data_root"]
+__all__ = ["ConfigLike", "load_config", "init_mmdet_scope", "check_supported_task", "replace_data_root", "set_classes"]
 
 ConfigLike = Union[str, os.PathLike, Mapping[str, Any], "Config"]
 
@@ -144,4 +144,49 @@ def replace_data_root(cfg: "Config", data_root: str | os.PathLike) -> "Config":
 
     for key in list(cfg.keys()):
         cfg[key] = swap(cfg[key])
+    return cfg
+
+
+def set_classes(cfg: "Config", classes: Sequence[str]) -> "Config":
+    """Train the config's model on ``classes``: ``num_classes`` of every head (RPN heads excluded) and
+    ``metainfo.classes`` of every dataset (in place; returned). For fine-tuning a model-zoo config on
+    one's own COCO-format data.
+
+    Example::
+        >>> from mmengine.config import Config
+        >>> cfg = Config(dict(model=dict(rpn_head=dict(num_classes=1), roi_head=dict(bbox_head=dict(num_classes=80))),
+        ...                   train_dataloader=dict(dataset=dict(type="CocoDataset"))))
+        >>> cfg = set_classes(cfg, ["cat", "dog"])
+        >>> cfg.model.roi_head.bbox_head.num_classes, cfg.model.rpn_head.num_classes
+        (2, 1)
+        >>> cfg.train_dataloader.dataset.metainfo.classes
+        ('cat', 'dog')
+    """
+    classes = tuple(classes)
+
+    def heads(node: Any, key: str = "") -> None:
+        if isinstance(node, Mapping):
+            if "num_classes" in node and "rpn" not in key:
+                node["num_classes"] = len(classes)
+            for child_key, child in node.items():
+                heads(child, child_key)
+        elif isinstance(node, (list, tuple)):
+            for child in node:
+                heads(child, key)
+
+    def datasets(node: Any) -> None:
+        if isinstance(node, Mapping):
+            if "type" in node and ("ann_file" in node or str(node["type"]).endswith("Dataset")) and "dataset" not in node \
+                    and "datasets" not in node:
+                node["metainfo"] = dict(node.get("metainfo") or {}, classes=classes)
+            for child in node.values():
+                datasets(child)
+        elif isinstance(node, (list, tuple)):
+            for child in node:
+                datasets(child)
+
+    heads(cfg.model)
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        if cfg.get(key):
+            datasets(cfg[key])
     return cfg

@@ -130,9 +130,10 @@ def test_help_reads_well(capsys: pytest.CaptureFixture) -> None:
 
 def test_print_config(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
-        run(["fit", "--config", str(YAML), "--trainer.precision", "bf16-mixed", "--print_config"])
+        run(["fit", "--config", str(YAML), "--trainer.precision", "bf16-mixed", "--trainer.callbacks+=LearningRateMonitor",
+             "--print_config"])
     printed = capsys.readouterr().out
-    assert "precision: bf16-mixed" in printed and "MMDetWandbCallback" in printed
+    assert "precision: bf16-mixed" in printed and "MMDetWandbCallback" in printed and "LearningRateMonitor" in printed
 
 
 def test_unknown_yaml_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -2,7 +2,9 @@
 
 from .checkpoint_artifacts import WandbCheckpointArtifacts
 from .metrics import WandbIntervalMetrics
+from .prediction_writer import DetectionWriter
 from .tables import WandbDetectionTables
 from .wandb_callback import MMDetWandbCallback
 
-__all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables"]
+__all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables",
+           "DetectionWriter"]
