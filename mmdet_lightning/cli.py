@@ -190,14 +190,24 @@ def run(argv: Sequence[str] | None = None) -> MMDetLightningCLI | None:
               "`mmdet-lightning fit --help` lists every option), data (the synthetic dataset; "
               "`mmdet-lightning data --help`).\n\nExamples:\n" + __doc__.strip().split("\n\n")[1])
         return None
-    if argv is None:  # the console script: LightningCLI reads sys.argv itself (and warns when given both)
-        sys.argv[1:] = args
-        cli = MMDetLightningCLI()
-    else:
-        cli = MMDetLightningCLI(args=args)
-    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-        sys.modules["wandb"].finish()  # one command, one W&B run: complete it (offline: ready for `wandb sync`)
+    try:
+        if argv is None:  # the console script: LightningCLI reads sys.argv itself (and warns when given both)
+            sys.argv[1:] = args
+            cli = MMDetLightningCLI()
+        else:
+            cli = MMDetLightningCLI(args=args)
+    except BaseException:
+        _finish_wandb(exit_code=1)
+        raise
+    _finish_wandb(exit_code=0)
     return cli
+
+
+def _finish_wandb(exit_code: int) -> None:
+    """One command, one W&B run: finish it, also when the command fails (offline: ready for `wandb sync`)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
 
 
 def main() -> None:

@@ -25,6 +25,16 @@ def _offline_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
+@pytest.fixture(autouse=True)
+def _no_wandb_run_left() -> Any:
+    """A W&B run left open would be reused by the next test's WandbLogger."""
+    yield
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+
+
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 training and 8 validation images of 128x128 pixels, made once per session."""
