@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--data-root", default="data/bench_shapes")
+    parser.add_argument("--plot", help="also save a bar chart of seconds per iteration to this PNG")
     parser.add_argument("--one", choices=["mmengine", "lightning"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -120,12 +121,14 @@ def main() -> None:
 
     make_shapes_dataset(args.data_root, num_train=200, num_val=10)
     print(f"{'config':24s} {'framework':10s} {'s/iter min':>10s} {'median':>8s} {'max':>8s} {'peak MB':>8s} {'ratio':>6s}")
+    table: dict[str, dict[str, list[float]]] = {}
     for config in args.configs:
         runs: dict[str, list[dict[str, float]]] = {"mmengine": [], "lightning": []}
         for repeat in range(args.repeats):
             order = ["mmengine", "lightning"] if repeat % 2 == 0 else ["lightning", "mmengine"]
             for framework in order:
                 runs[framework].append(_spawn(framework, config, args))
+        table[config] = {f: [r["sec_per_iter"] for r in rs] for f, rs in runs.items()}
         medians = {f: statistics.median(r["sec_per_iter"] for r in rs) for f, rs in runs.items()}
         for framework, rs in runs.items():
             times = [r["sec_per_iter"] for r in rs]
@@ -133,6 +136,34 @@ def main() -> None:
             print(f"{config:24s} {framework:10s} {min(times):10.4f} {statistics.median(times):8.4f} {max(times):8.4f} "
                   f"{max(r['peak_rss_mb'] for r in rs):8.0f} {ratio:6.3f}")
 
+    if args.plot:
+        _plot(table, args.plot)
+
+
+def _plot(table: dict[str, dict[str, list[float]]], path: str) -> None:
+    """Bars: median seconds per iteration; whiskers: min and max over the repeats."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.38
+    for offset, (framework, colour) in enumerate([("mmengine", "#888888"), ("lightning", "#792ee5")]):
+        xs = [i + (offset - 0.5) * width for i in range(len(table))]
+        values = [table[c][framework] for c in table]
+        medians = [statistics.median(v) for v in values]
+        errors = [[m - min(v) for m, v in zip(medians, values)], [max(v) - m for m, v in zip(medians, values)]]
+        label = "mmengine Runner" if framework == "mmengine" else "pl.Trainer + MMDetModule"
+        ax.bar(xs, medians, width, yerr=errors, capsize=3, color=colour, label=label)
+    ax.set_xticks(range(len(table)), [c.replace("shapes_", "").replace(".py", "") for c in table])
+    ax.set_ylabel("seconds per training iteration")
+    ax.set_title("Time per iteration, batch 8, 2 CPU cores (lower is better)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
 
 if __name__ == "__main__":
     main()
+

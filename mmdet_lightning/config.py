@@ -43,6 +43,7 @@ def init_mmdet_scope() -> None:
     from mmdet.utils import register_all_modules
 
     register_all_modules(init_default_scope=True)
+    from . import evaluation  # noqa: F401  registers FastCocoMetric in mmdet's METRICS
 
 
 def load_config(config: ConfigLike) -> "Config":

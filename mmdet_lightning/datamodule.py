@@ -60,10 +60,9 @@ class MMDetDataModule(pl.LightningDataModule):
         self.predict_folder = predict_folder
 
     @classmethod
-    def from_config(cls, config: ConfigLike, seed: int | None = None, predict_folder: str | None = None,
-                    data_root: str | None = None) -> "MMDetDataModule":
-        """Same as ``MMDetDataModule(config, ...)``."""
-        return cls(config, seed=seed, predict_folder=predict_folder, data_root=data_root)
+    def from_config(cls, config: ConfigLike, **kwargs: Any) -> "MMDetDataModule":
+        """Same as ``MMDetDataModule(config, **kwargs)``."""
+        return cls(config, **kwargs)
 
     def setup(self, stage: str) -> None:
         init_mmdet_scope()

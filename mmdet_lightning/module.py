@@ -25,6 +25,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from .checkpoint import LoadReport, load_detector_weights
 from .config import ConfigLike, init_mmdet_scope, load_config, replace_data_root
+from .evaluation import EvaluatorBackend, use_evaluator_backend
 from .utilities import first_dataset
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ class MMDetModule(pl.LightningModule):
         load_from: mmdet or mmdet-lightning checkpoint (path or URL) to start from; defaults to the
             config's ``load_from``. Tensors that do not fit (another class count, say) are reported and skipped.
         data_root: dataset folder to use instead of the config's ``data_root`` (evaluator paths included).
+        evaluator_backend: ``"pycocotools"`` (mmdet's ``CocoMetric`` as configured) or ``"faster_coco_eval"``
+            (``FastCocoMetric``: the same numbers, faster).
 
     Raises:
         FileNotFoundError: the config or the checkpoint does not exist.
@@ -59,11 +62,15 @@ class MMDetModule(pl.LightningModule):
         >>> trainer.fit(module, datamodule=MMDetDataModule.from_config(...))  # doctest: +SKIP
     """
 
-    def __init__(self, config: ConfigLike, load_from: str | None = None, data_root: str | None = None) -> None:
+    def __init__(self, config: ConfigLike, load_from: str | None = None, data_root: str | None = None,
+                 evaluator_backend: EvaluatorBackend = "pycocotools") -> None:
         super().__init__()
         self.cfg = load_config(config)
         if data_root is not None:
             replace_data_root(self.cfg, data_root)
+        for key in ("val_evaluator", "test_evaluator"):
+            if self.cfg.get(key) is not None:
+                self.cfg[key] = use_evaluator_backend(self.cfg[key], evaluator_backend)
         init_mmdet_scope()
         from mmdet.registry import MODELS
         from mmengine.logging import MessageHub
@@ -99,9 +106,9 @@ class MMDetModule(pl.LightningModule):
         self.last_eval_metrics: dict[str, float] = {}
 
     @classmethod
-    def from_config(cls, config: ConfigLike, load_from: str | None = None, data_root: str | None = None) -> "MMDetModule":
-        """Same as ``MMDetModule(config, ...)``; reads well beside ``MMDetDataModule.from_config``."""
-        return cls(config, load_from=load_from, data_root=data_root)
+    def from_config(cls, config: ConfigLike, **kwargs: Any) -> "MMDetModule":
+        """Same as ``MMDetModule(config, **kwargs)``; reads well beside ``MMDetDataModule.from_config``."""
+        return cls(config, **kwargs)
 
     # ------------------------------------------------------------------ devices and batches
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "MMDetModule":
