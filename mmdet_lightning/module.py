@@ -26,6 +26,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from .checkpoint import LoadReport, load_detector_weights
 from .config import ConfigLike, init_mmdet_scope, load_config, replace_data_root
 from .evaluation import EvaluatorBackend, use_evaluator_backend
+from .precision import keep_mmcv_ops_in_fp32, predictions_to_float32
 from .utilities import first_dataset
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class MMDetModule(pl.LightningModule):
                  evaluator_backend: EvaluatorBackend = "pycocotools") -> None:
         super().__init__()
         self.cfg = load_config(config)
+        keep_mmcv_ops_in_fp32()  # so that precision="bf16-mixed" / "16-mixed" work with every model
         if data_root is not None:
             replace_data_root(self.cfg, data_root)
         for key in ("val_evaluator", "test_evaluator"):
@@ -127,7 +129,7 @@ class MMDetModule(pl.LightningModule):
 
     def forward(self, batch: Mapping[str, Any]) -> list[Any]:
         """Predictions (``DetDataSample`` list) for a collated batch from an mmdet dataloader."""
-        return self.model.test_step(batch)
+        return predictions_to_float32(self.model.test_step(batch))
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
@@ -332,7 +334,7 @@ class MMDetModule(pl.LightningModule):
         self._start_evaluation("val", self.trainer.val_dataloaders)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
-        outputs = self.model.val_step(batch)
+        outputs = predictions_to_float32(self.model.val_step(batch))
         if not self.trainer.sanity_checking:  # a few sanity batches would give a meaningless mAP
             self._evaluator("val").process(data_samples=outputs, data_batch=batch)
         return outputs
@@ -345,7 +347,7 @@ class MMDetModule(pl.LightningModule):
         self._start_evaluation("test", self.trainer.test_dataloaders)
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
-        outputs = self.model.test_step(batch)
+        outputs = predictions_to_float32(self.model.test_step(batch))
         self._evaluator("test").process(data_samples=outputs, data_batch=batch)
         return outputs
 
@@ -353,7 +355,7 @@ class MMDetModule(pl.LightningModule):
         self._finish_evaluation("test", self.trainer.test_dataloaders)
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
-        return self.model.test_step(batch)
+        return predictions_to_float32(self.model.test_step(batch))
 
     # ------------------------------------------------------------------ checks
     def num_classes(self) -> dict[str, int]:
