@@ -331,7 +331,16 @@ class MMDetModule(pl.LightningModule):
         return scalars
 
     def on_validation_epoch_start(self) -> None:
+        self._buffers_from_rank_zero()
         self._start_evaluation("val", self.trainer.val_dataloaders)
+
+    def _buffers_from_rank_zero(self) -> None:
+        """Under DDP each process updates its own BatchNorm running statistics; evaluate (on every rank)
+        with rank 0's, the ones its checkpoints hold, so the metric is that of the saved model. Collective:
+        runs on all ranks."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
         outputs = predictions_to_float32(self.model.val_step(batch))
