@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "load_detector_weights", "read_state_dict"]
+__all__ = ["LoadReport", "load_detector_weights", "read_state_dict", "to_mmdet_checkpoint"]
 
 log = logging.getLogger(__name__)
 _PREFIXES = ("model.", "module.")
@@ -111,3 +111,32 @@ def load_detector_weights(model: nn.Module, path: str | os.PathLike) -> LoadRepo
     level = logging.WARNING if (report.missing or report.unexpected or report.mismatched) else logging.INFO
     log.log(level, "load_from %s: %s", path, report.summary())
     return report
+
+
+def to_mmdet_checkpoint(lightning_checkpoint: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """Write an mmdet checkpoint (``state_dict`` + ``meta.dataset_meta``) from a Lightning checkpoint of
+    :class:`~mmdet_lightning.MMDetModule`, for mmdet's own tools (``init_detector``, ``tools/test.py``).
+    The way back needs nothing: ``MMDetModule(config, load_from="model.pth")``.
+
+    Command line: ``python -m mmdet_lightning.checkpoint last.ckpt model.pth``.
+
+    Raises:
+        FileNotFoundError: the Lightning checkpoint does not exist.
+    """
+    source = Path(lightning_checkpoint)
+    if not source.is_file():
+        raise FileNotFoundError(f"Checkpoint {str(source)!r} does not exist.")
+    checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    state = {_strip_prefix(k): v for k, v in checkpoint["state_dict"].items()}
+    meta = dict(checkpoint.get("meta") or {})
+    meta.update(epoch=checkpoint.get("epoch"), iter=checkpoint.get("global_step"))
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state, "meta": meta}, output)
+    return output
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(to_mmdet_checkpoint(sys.argv[1], sys.argv[2]))

@@ -366,6 +366,14 @@ class MMDetModule(pl.LightningModule):
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
         return predictions_to_float32(self.model.test_step(batch))
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # what mmdet's tools read from a checkpoint's meta (init_detector: the class names)
+        for loaders in (self.trainer.train_dataloader, self.trainer.val_dataloaders):
+            metainfo = getattr(first_dataset(loaders), "metainfo", None) or {}
+            if metainfo.get("classes"):
+                checkpoint["meta"] = {"dataset_meta": dict(metainfo)}
+                return
+
     # ------------------------------------------------------------------ checks
     def num_classes(self) -> dict[str, int]:
         """``num_classes`` of every class-predicting head (RPN heads excluded), by module name."""
