@@ -154,7 +154,9 @@ class MMDetModule(pl.LightningModule):
         self._scale_lr(wrapper)
 
         trainer = self.trainer
-        trainer.estimated_stepping_batches  # builds the train dataloader so its length is known
+        # build the train dataloader now so that the epoch length is known (also for max_steps runs,
+        # where `estimated_stepping_batches` returns max_steps without building it)
+        trainer.fit_loop.setup_data()
         epoch_length = trainer.num_training_batches
         max_epochs, max_iters = self._max_epochs_and_iters()
         self.param_schedulers = []

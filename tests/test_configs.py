@@ -50,3 +50,17 @@ def test_config_trains_and_validates(name: str, shapes_config: Any, tmp_path: An
     assert sample.ori_shape == (128, 128)
     boxes = sample.pred_instances.bboxes
     assert boxes.shape[-1] == 4 and (boxes.numel() == 0 or float(boxes.max()) <= 128.5)
+
+
+@pytest.mark.slow
+def test_iteration_based_run_with_epoch_schedules_converted(shapes_config: Any, tmp_path: Any) -> None:
+    """RTMDet's cosine schedule is epoch-based with convert_to_iter_based: it needs the epoch length also
+    when the Trainer runs for max_steps."""
+    cfg = shapes_config("shapes_rtmdet.py", batch_size=4)
+    trainer = pl.Trainer(max_steps=4, limit_val_batches=0, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+    module = MMDetModule.from_config(cfg)
+    trainer.fit(module, datamodule=MMDetDataModule.from_config(cfg))
+    assert trainer.global_step == 4
+    cosine = [s for s in module.param_schedulers if type(s).__name__ == "CosineAnnealingLR"]
+    assert cosine and not cosine[0].by_epoch  # converted to iterations with the real epoch length
