@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _runs import run_json  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ["shapes_faster_rcnn.py", "shapes_retinanet.py", "shapes_mask_rcnn.py", "shapes_rtmdet.py"]
@@ -53,8 +53,7 @@ def _one(args: argparse.Namespace) -> None:
 def _spawn(args: argparse.Namespace, config: str, precision: str, epochs: int) -> dict[str, float]:
     command = [sys.executable, __file__, "--one", "--config", config, "--precision", precision, "--iters",
                str(args.iters), "--epochs", str(epochs), "--data-root", args.data_root]
-    out = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json(command)
 
 
 def main() -> None:

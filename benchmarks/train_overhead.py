@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _runs import run_json  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,8 +97,7 @@ def _one_run(args: argparse.Namespace) -> None:
 def _spawn(framework: str, config: str, args: argparse.Namespace) -> dict[str, float]:
     command = [sys.executable, __file__, "--one", framework, "--config", config, "--data-root", args.data_root,
                "--iters", str(args.iters), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
-    out = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json(command)
 
 
 def main() -> None:

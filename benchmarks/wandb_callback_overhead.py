@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _runs import run_json  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,14 +66,12 @@ def main() -> None:
     from mmdet_lightning import make_shapes_dataset
 
     make_shapes_dataset(args.data_root, num_train=200, num_val=100)
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONWARNINGS": "ignore"}
     times: dict[str, list[float]] = {"without": [], "with": []}
     for repeat in range(args.repeats):
         for variant in (["without", "with"] if repeat % 2 == 0 else ["with", "without"]):
             command = [sys.executable, __file__, "--one", variant, "--config", args.config, "--epochs",
                        str(args.epochs), "--data-root", args.data_root]
-            out = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
-            times[variant].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+            times[variant].append(run_json(command, WANDB_MODE="offline", WANDB_SILENT="true")["seconds"])
     base = statistics.median(times["without"])
     print(f"{'run':28s} {'fit s min':>9s} {'median':>8s} {'max':>8s} {'ratio':>6s}")
     for variant, values in times.items():

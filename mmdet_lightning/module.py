@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from typing import TYPE_CHECKING, Any, Mapping
 
 import pytorch_lightning as pl

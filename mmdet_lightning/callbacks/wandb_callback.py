@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
 from ._wandb import check_non_negative_int, check_unit_interval
