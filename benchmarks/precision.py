@@ -1,17 +1,20 @@
-"""fp32 against bf16-mixed: time per training iteration for every config, and the mAP after a short training.
+"""fp32 against mixed precision: time per training iteration for every config, and the mAP after a short training.
 
 Speed: each config trains ``--iters`` iterations in a fresh process per precision, interleaved,
-``--repeats`` times (median s/iter after 5 warm-up iterations). mAP: ``--map-config`` trains
+``--repeats`` times (median s/iter after 5 warm-up iterations). mAP: each of ``--map-configs`` trains
 ``--epochs`` epochs on 200 synthetic images in each precision and validates on 100.
 
-    python benchmarks/precision.py --repeats 2 --iters 30 --epochs 4
+    python benchmarks/precision.py --repeats 2 --iters 30 --epochs 4                      # CPU: fp32, bf16-mixed
+    python benchmarks/precision.py --accelerator gpu --precisions 32-true,16-mixed,bf16-mixed --map-configs all
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,23 +40,30 @@ def _one(args: argparse.Namespace) -> None:
             stamps.append(time.perf_counter())
 
     kwargs: dict[str, Any] = dict(max_epochs=args.epochs) if args.epochs else dict(max_steps=args.iters, limit_val_batches=0)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, precision=args.precision, logger=False,
+    trainer = pl.Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, callbacks=[Stamp()], **kwargs)
     pl.seed_everything(0)
     cfg.train_cfg.max_epochs = args.epochs or 1
     trainer.fit(MMDetModule(cfg), datamodule=MMDetDataModule(cfg))
-    deltas = [b - a for a, b in zip(stamps, stamps[1:])][5:]
-    result = {"sec_per_iter": statistics.median(deltas)}
+    deltas = [b - a for a, b in zip(stamps, stamps[1:])]
+    deltas = deltas[5:] or deltas  # warm-up left out where there is more
+    losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    result: dict[str, Any] = {"sec_per_iter": statistics.median(deltas), "losses_finite": all(map(math.isfinite, losses.values()))}
     if args.epochs:
         result["mAP"] = float(trainer.callback_metrics["coco/bbox_mAP"])
     print(json.dumps(result))
 
 
-def _spawn(args: argparse.Namespace, config: str, precision: str, epochs: int) -> dict[str, float]:
+def _spawn(args: argparse.Namespace, config: str, precision: str, epochs: int) -> dict[str, Any]:
+    """One run in a fresh process; a failing run is reported (its error's last lines) and counts as NaN."""
     command = [sys.executable, __file__, "--one", "--config", config, "--precision", precision, "--iters",
-               str(args.iters), "--epochs", str(epochs), "--data-root", args.data_root]
-    return run_json(command)
+               str(args.iters), "--epochs", str(epochs), "--data-root", args.data_root, "--accelerator", args.accelerator]
+    try:
+        return run_json(command)
+    except subprocess.CalledProcessError as err:
+        print(f"FAILED {config} {precision}:\n{err.stderr[-2000:]}", file=sys.stderr, flush=True)
+        return {"sec_per_iter": math.nan, "losses_finite": False, "mAP": math.nan}
 
 
 def main() -> None:
@@ -61,7 +71,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--map-config", default="shapes_faster_rcnn.py")
+    parser.add_argument("--map-configs", default="shapes_faster_rcnn.py", help="comma-separated, or 'all'")
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--precisions", default="32-true,bf16-mixed", help="comma-separated; the first is the baseline")
     parser.add_argument("--data-root", default="data/bench_precision_shapes")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -74,17 +86,28 @@ def main() -> None:
     from mmdet_lightning import make_shapes_dataset
 
     make_shapes_dataset(args.data_root, num_train=200, num_val=100)
-    print(f"{'config':24s} {'fp32 s/iter':>11s} {'bf16 s/iter':>11s} {'bf16/fp32':>9s}")
+    precisions = args.precisions.split(",")
+    base = precisions[0]
+    print("| config | " + " | ".join(f"{p} s/iter" for p in precisions) + " | "
+          + " | ".join(f"{p} / {base}" for p in precisions[1:]) + " | finite losses |")
+    print("|---" * (2 * len(precisions)) + "|")
     for config in CONFIGS:
-        times: dict[str, list[float]] = {"32-true": [], "bf16-mixed": []}
+        times: dict[str, list[float]] = {p: [] for p in precisions}
+        finite = True
         for repeat in range(args.repeats):
-            for precision in (list(times) if repeat % 2 == 0 else list(times)[::-1]):
-                times[precision].append(_spawn(args, config, precision, 0)["sec_per_iter"])
-        fp32, bf16 = (statistics.median(times[p]) for p in times)
-        print(f"{config:24s} {fp32:11.4f} {bf16:11.4f} {bf16 / fp32:9.2f}")
-    maps = {p: _spawn(args, args.map_config, p, args.epochs)["mAP"] for p in ("32-true", "bf16-mixed")}
-    print(f"{args.map_config} after {args.epochs} epochs: bbox mAP fp32 {maps['32-true']:.3f}, "
-          f"bf16-mixed {maps['bf16-mixed']:.3f}")
+            for precision in (precisions if repeat % 2 == 0 else precisions[::-1]):
+                result = _spawn(args, config, precision, 0)
+                times[precision].append(result["sec_per_iter"])
+                finite = finite and result["losses_finite"]
+        medians = {p: statistics.median(t) for p, t in times.items()}
+        print(f"| {config} | " + " | ".join(f"{medians[p]:.4f}" for p in precisions) + " | "
+              + " | ".join(f"{medians[p] / medians[base]:.2f}" for p in precisions[1:]) + f" | {finite} |", flush=True)
+    map_configs = CONFIGS if args.map_configs == "all" else args.map_configs.split(",")
+    print(f"\n| config ({args.epochs} epochs) | " + " | ".join(f"{p} bbox mAP" for p in precisions) + " |")
+    print("|---" * (len(precisions) + 1) + "|")
+    for config in map_configs:
+        maps = {p: _spawn(args, config, p, args.epochs)["mAP"] for p in precisions}
+        print(f"| {config} | " + " | ".join(f"{maps[p]:.3f}" for p in precisions) + " |", flush=True)
 
 
 if __name__ == "__main__":

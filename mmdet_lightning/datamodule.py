@@ -39,9 +39,13 @@ class MMDetDataModule(pl.LightningDataModule):
             config's ``randomness.seed``.
         predict_folder: predict on the images of this folder (no annotations needed) instead of the test set.
         data_root: dataset folder to use instead of the config's ``data_root``.
+        global_batch_size: training images per step over all processes; each process then loads
+            ``global_batch_size / world_size`` (instead of the config's per-process ``train_dataloader.batch_size``),
+            so changing the number of GPUs keeps the optimisation the same.
 
     Raises:
         FileNotFoundError: a dataset's annotation file or image folder does not exist (at ``setup``).
+        ValueError: ``global_batch_size`` is not a positive multiple of the number of processes (at ``setup``).
 
     Example::
         >>> dm = MMDetDataModule.from_config("configs/mmdet/shapes_faster_rcnn.py")  # doctest: +SKIP
@@ -51,8 +55,11 @@ class MMDetDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, config: ConfigLike, seed: int | None = None, predict_folder: str | None = None,
-                 data_root: str | None = None) -> None:
+                 data_root: str | None = None, global_batch_size: int | None = None) -> None:
         super().__init__()
+        if global_batch_size is not None and (not isinstance(global_batch_size, int) or global_batch_size < 1):
+            raise ValueError(f"global_batch_size must be a positive integer, got {global_batch_size!r}.")
+        self.global_batch_size = global_batch_size
         self.cfg = load_config(config)
         if data_root is not None:
             replace_data_root(self.cfg, data_root)
@@ -79,12 +86,25 @@ class MMDetDataModule(pl.LightningDataModule):
             for dataset_cfg in _dataset_cfgs((self.cfg.get(key) or {}).get("dataset", {})):
                 _check_dataset_paths(key, dataset_cfg)
         trainer = self.trainer
+        if stage == "fit" and self.global_batch_size is not None:
+            self._split_global_batch(trainer.world_size if trainer is not None else 1)
         connector = getattr(trainer, "_accelerator_connector", None) if trainer is not None else None
         if connector is not None and connector.is_distributed and connector.use_distributed_sampler:
             # Lightning would swap the config's sampler for a DistributedSampler; the config's
             # DefaultSampler / InfiniteSampler shard by rank themselves (mmengine.dist.get_dist_info).
             connector.use_distributed_sampler = False
             rank_zero_info("MMDetDataModule: using the config's samplers per process (use_distributed_sampler=False).")
+
+    def _split_global_batch(self, world_size: int) -> None:
+        per_process, rest = divmod(self.global_batch_size, world_size)
+        if rest or not per_process:
+            lower = max(per_process, 1) * world_size
+            raise ValueError(
+                f"global_batch_size={self.global_batch_size} does not divide over {world_size} processes.\n"
+                f"Hint: use a multiple of {world_size} (e.g. {lower} or {lower + world_size}), or leave "
+                "global_batch_size unset to load the config's train_dataloader.batch_size in each process."
+            )
+        self.cfg.train_dataloader.batch_size = per_process
 
     def _seed(self) -> int | None:
         if self.seed is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from typing import TYPE_CHECKING, Any, Mapping
 
 import pytorch_lightning as pl
@@ -130,6 +131,61 @@ class MMDetModule(pl.LightningModule):
         """Predictions (``DetDataSample`` list) for a collated batch from an mmdet dataloader."""
         return predictions_to_float32(self.model.test_step(batch))
 
+    # ------------------------------------------------------------------ strategies
+    def setup(self, stage: str) -> None:
+        """Checks the strategy and adapts the model's norm layers to it, as mmengine's runner wraps a model.
+
+        Runs in every process before the strategy wraps the model (DDP), so what it changes applies there.
+        """
+        from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
+
+        trainer = self.trainer
+        strategy = trainer.strategy
+        if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
+            raise ValueError(
+                f"MMDetModule cannot run with strategy {type(strategy).__name__}: it trains with the config's "
+                "mmengine optimizer, which needs the whole model in each process.\n"
+                "Hint: use strategy='ddp' (or 'auto' on one device)."
+            )
+        on_cpu = strategy.root_device.type == "cpu"
+        cores = os.cpu_count() or 1
+        if on_cpu and trainer.world_size > cores * trainer.num_nodes:
+            raise ValueError(
+                f"devices={trainer.num_devices} CPU processes per node, but this machine has {cores} CPU cores.\n"
+                f"Hint: pass devices <= {cores} with accelerator='cpu', or accelerator='gpu' on a machine with GPUs."
+            )
+        layer_sync = getattr(strategy, "_layer_sync", None)
+        if layer_sync is not None and on_cpu and trainer.world_size > 1:
+            raise ValueError(
+                "sync_batchnorm=True needs CUDA: torch's SyncBatchNorm does not run on CPU processes.\n"
+                "Hint: drop sync_batchnorm on CPU (each process then keeps its own BatchNorm statistics)."
+            )
+        if trainer.world_size == 1 or on_cpu:
+            # as mmengine's Runner when not distributed: SyncBN layers become BatchNorm (they cannot run here)
+            from mmengine.model import revert_sync_batchnorm
+
+            self.model = revert_sync_batchnorm(self.model)
+        if isinstance(strategy, DDPStrategy) and self.cfg.get("find_unused_parameters"):
+            # the config's top-level `find_unused_parameters`, which mmengine passes to its DDP wrapper
+            strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
+
+    def _check_unused_parameters(self) -> None:
+        """Under DDP without ``find_unused_parameters``, parameters that got no gradient make DDP fail at the
+        next iteration with a long message; name them after the first backward instead."""
+        from pytorch_lightning.strategies import DDPStrategy
+
+        strategy = self.trainer.strategy
+        if not isinstance(strategy, DDPStrategy) or strategy._ddp_kwargs.get("find_unused_parameters"):
+            return
+        unused = [name for name, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
+        if unused:
+            shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+            raise RuntimeError(
+                f"DDP: {len(unused)} parameters received no gradient in the first iteration ({shown}); DDP "
+                "would fail at the next one.\nHint: set `find_unused_parameters = True` at the top of the mmdet "
+                "config, or pass strategy='ddp_find_unused_parameters_true' to the Trainer."
+            )
+
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
         from mmengine.optim import OptimWrapper, build_optim_wrapper
@@ -150,12 +206,12 @@ class MMDetModule(pl.LightningModule):
         if not isinstance(wrapper, OptimWrapper) or type(wrapper).__name__ == "OptimWrapperDict":
             raise ValueError("Configs with several optimizers (OptimWrapperDict) are not supported.")
         self.optim_wrapper = wrapper
-        self._scale_lr(wrapper)
 
         trainer = self.trainer
         # build the train dataloader now so that the epoch length is known (also for max_steps runs,
         # where `estimated_stepping_batches` returns max_steps without building it)
         trainer.fit_loop.setup_data()
+        self._scale_lr(wrapper)
         epoch_length = trainer.num_training_batches
         max_epochs, max_iters = self._max_epochs_and_iters()
         self.param_schedulers = []
@@ -188,7 +244,7 @@ class MMDetModule(pl.LightningModule):
         auto_scale_lr = self.cfg.get("auto_scale_lr") or {}
         if not auto_scale_lr.get("enable", False):
             return
-        batch_size = self.cfg.train_dataloader.batch_size * self.trainer.world_size
+        batch_size = _batch_size(self.trainer.train_dataloader) * self.trainer.world_size
         ratio = batch_size / auto_scale_lr["base_batch_size"]
         rank_zero_info(f"auto_scale_lr: batch size {batch_size} vs base {auto_scale_lr['base_batch_size']}: LR x {ratio}")
         for group in wrapper.optimizer.param_groups:
@@ -244,6 +300,8 @@ class MMDetModule(pl.LightningModule):
         losses = self.model(**data, mode="loss")
         loss, log_vars = self.model.parse_losses(losses)
         self.manual_backward(wrapper.scale_loss(loss))
+        if self._iteration() == 0:
+            self._check_unused_parameters()
         wrapper._inner_count += 1
         if wrapper.should_update():
             optimizer = self.optimizers()
@@ -400,3 +458,10 @@ class MMDetModule(pl.LightningModule):
                 f"another count: {heads}.\nHint: set num_classes={len(classes)} in those heads of the config's "
                 "`model`, or set `metainfo=dict(classes=...)` on the dataset to the model's classes."
             )
+
+
+def _batch_size(loader: Any) -> int:
+    """Images per batch of one process's train loader (mmdet's batch samplers hold it, not the loader)."""
+    if getattr(loader, "batch_size", None):
+        return int(loader.batch_size)
+    return int(loader.batch_sampler.batch_size)

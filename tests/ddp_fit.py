@@ -1,8 +1,9 @@
 """Fit with strategy="ddp" on CPU (gloo) with the W&B callback offline; run as a script by test_ddp.py.
 
-    python tests/ddp_fit.py OUT_DIR DATA_ROOT LOAD_FROM [DEVICES]
+    python tests/ddp_fit.py OUT_DIR DATA_ROOT LOAD_FROM DEVICES PREDICT_FOLDER
 
-Lightning starts the other ranks by running this script again. Rank 0 writes OUT_DIR/metrics.json.
+Lightning starts the other ranks by running this script again. Rank 0 writes OUT_DIR/metrics.json; after the
+fit, the images of PREDICT_FOLDER are predicted with a DetectionWriter into OUT_DIR/predictions.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ def main() -> None:
     from pytorch_lightning.loggers import WandbLogger
 
     from mmdet_lightning import MMDetDataModule, MMDetModule
-    from mmdet_lightning.callbacks import MMDetWandbCallback
+    from mmdet_lightning.callbacks import DetectionWriter, MMDetWandbCallback
     from mmdet_lightning.config import load_config, replace_data_root
 
     out, data_root, load_from = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-    devices = int(sys.argv[4]) if len(sys.argv) > 4 else 2
+    devices, predict_folder = int(sys.argv[4]), sys.argv[5]
     torch.set_num_threads(1)
     os.environ.setdefault("WANDB_MODE", "offline")
     cfg = replace_data_root(load_config(Path(__file__).parents[1] / "configs/mmdet/shapes_faster_rcnn.py"), data_root)
@@ -37,12 +38,16 @@ def main() -> None:
         strategy="ddp" if devices > 1 else "auto", num_sanity_val_steps=0, enable_progress_bar=False,
         logger=WandbLogger(offline=True, save_dir=str(out), project="ddp"), default_root_dir=str(out),
         callbacks=[ModelCheckpoint(dirpath=str(out / "ckpt"), every_n_epochs=1, save_top_k=-1, save_last=True),
-                   MMDetWandbCallback(interval=1, log_checkpoint=True, num_eval_images=5, bbox_score_thr=0.3)],
+                   MMDetWandbCallback(interval=1, log_checkpoint=True, num_eval_images=5, bbox_score_thr=0.3),
+                   DetectionWriter(out / "predictions", draw=False)],
     )
-    trainer.fit(MMDetModule(cfg), datamodule=MMDetDataModule(cfg))
+    module = MMDetModule(cfg)
+    trainer.fit(module, datamodule=MMDetDataModule(cfg))
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         (out / "metrics.json").write_text(json.dumps(metrics))
+    trainer.predict(module, datamodule=MMDetDataModule(cfg, predict_folder=predict_folder), return_predictions=False)
+    if trainer.is_global_zero:
         import wandb
 
         wandb.finish()

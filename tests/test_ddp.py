@@ -1,9 +1,10 @@
-"""Two processes (DDP, gloo, CPU) with the W&B callback: one run, nothing logged twice, the same mAP."""
+"""Several processes (DDP, gloo, CPU): one W&B run, nothing logged twice, the same results as one process."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,20 +12,37 @@ from typing import Any
 
 import pytest
 import pytorch_lightning as pl
+import torch
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
+from mmdet_lightning.callbacks import DetectionWriter
 from mmdet_lightning.utilities.wandb_records import artifacts, find_run_file, read_records
 
-SCRIPT = Path(__file__).with_name("ddp_fit.py")
+TESTS = Path(__file__).parent
+
+
+def _run_script(name: str, *args: Any) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, str(TESTS / name), *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def _predictions_by_image(path: Path) -> dict[int, list[tuple[int, float]]]:
+    found: dict[int, list[tuple[int, float]]] = {}
+    for result in json.loads(path.read_text()):
+        found.setdefault(result["image_id"], []).append((result["category_id"], round(result["score"], 4)))
+    return {image: sorted(results) for image, results in found.items()}
 
 
 @pytest.mark.slow
 def test_two_processes_log_once_and_evaluate_like_one(shapes_root: Path, shapes_config: Any,
                                                         trained_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, str(SCRIPT), str(out), str(shapes_root), str(trained_checkpoint), "2"],
-                          env=env, capture_output=True, text=True, timeout=900)
+    folder = tmp_path / "seven_images"  # 7 images over 2 processes: the sampler pads one
+    folder.mkdir()
+    for image in sorted((shapes_root / "val").glob("*.png"))[:7]:
+        shutil.copy(image, folder)
+    done = _run_script("ddp_fit.py", out, shapes_root, trained_checkpoint, 2, folder)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
 
@@ -42,7 +60,96 @@ def test_two_processes_log_once_and_evaluate_like_one(shapes_root: Path, shapes_
     # one process, the same weights: the same mAP (DDP's evaluation drops the samplers' padding)
     cfg = shapes_config("shapes_faster_rcnn.py", batch_size=2)
     module = MMDetModule(cfg, load_from=str(out / "ckpt" / "last.ckpt"))
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    single_out = tmp_path / "single_predictions"
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         callbacks=[DetectionWriter(single_out, draw=False)])
     single = trainer.validate(module, datamodule=MMDetDataModule(cfg))[0]
     assert metrics["coco/bbox_mAP"] > 0
     assert single["coco/bbox_mAP"] == pytest.approx(metrics["coco/bbox_mAP"], abs=1e-3)
+
+    # the predictions gathered from both processes: every image once, as one process predicts them
+    trainer.predict(module, datamodule=MMDetDataModule(cfg, predict_folder=str(folder)), return_predictions=False)
+    gathered = _predictions_by_image(out / "predictions" / DetectionWriter.RESULTS_FILE)
+    expected = _predictions_by_image(single_out / DetectionWriter.RESULTS_FILE)
+    assert sorted(gathered) == sorted(expected) and len(expected) >= 5
+    assert sum(map(len, gathered.values())) == sum(map(len, expected.values())) > 0
+    for image, results in expected.items():
+        assert [c for c, _ in gathered[image]] == [c for c, _ in results]
+        assert [s for _, s in gathered[image]] == pytest.approx([s for _, s in results], abs=2e-3)
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_loss_curve_of_one_with_the_same_global_batch(shapes_root: Path,
+                                                                              tmp_path: Path) -> None:
+    curves = {}
+    for devices in (1, 2):
+        out = tmp_path / f"devices{devices}"
+        done = _run_script("ddp_loss_curve.py", out, shapes_root, devices)
+        assert done.returncode == 0, done.stderr[-3000:]
+        curves[devices] = json.loads((out / "losses.json").read_text())
+    one, two = curves[1], curves[2]
+    assert len(one) == len(two) == 12
+    assert two[0] == pytest.approx(one[0], rel=0.02)  # same weights, the same 4 images
+    relative = [abs(a - b) / a for a, b in zip(one, two)]
+    assert max(relative) < 0.03, list(zip(one, two))  # measured: 0.8 % at most
+    assert one[-1] < one[0] and two[-1] < two[0]
+
+
+@pytest.mark.slow
+def test_unused_parameters_are_named_after_the_first_iteration(shapes_root: Path, tmp_path: Path) -> None:
+    done = _run_script("ddp_loss_curve.py", tmp_path, shapes_root, 1, "unused")
+    assert done.returncode != 0
+    assert "2 parameters received no gradient in the first iteration (never_used.weight, never_used.bias)" \
+        in done.stderr
+    assert "find_unused_parameters = True" in done.stderr
+
+
+def _setup(module_or_datamodule: Any, **trainer_kwargs: Any) -> None:
+    """Run ``setup("fit")`` as each DDP process would, without starting processes."""
+    module_or_datamodule.trainer = pl.Trainer(accelerator="cpu", logger=False, **trainer_kwargs)
+    module_or_datamodule.setup("fit")
+
+
+def test_more_cpu_processes_than_cores(shapes_config: Any) -> None:
+    cores = os.cpu_count()
+    with pytest.raises(ValueError, match=rf"devices={cores + 1} CPU processes .* has {cores} CPU cores"):
+        _setup(MMDetModule(shapes_config("shapes_retinanet.py")), devices=cores + 1, strategy="ddp")
+
+
+def test_sync_batchnorm_on_cpu_processes(shapes_config: Any) -> None:
+    with pytest.raises(ValueError, match="sync_batchnorm=True needs CUDA"):
+        _setup(MMDetModule(shapes_config("shapes_retinanet.py")), devices=2, strategy="ddp", sync_batchnorm=True)
+
+
+def test_strategy_that_cannot_run_here() -> None:
+    with pytest.raises(ValueError, match="requires a GPU accelerator"):
+        pl.Trainer(accelerator="cpu", strategy="fsdp", logger=False)
+
+
+def test_global_batch_size_must_divide(shapes_config: Any) -> None:
+    cfg = shapes_config("shapes_retinanet.py")
+    with pytest.raises(ValueError, match=r"(?s)global_batch_size=5 does not divide over 2 processes.*multiple of 2"):
+        _setup(MMDetDataModule(cfg, global_batch_size=5), devices=2, strategy="ddp")
+    with pytest.raises(ValueError, match="positive integer"):
+        MMDetDataModule(cfg, global_batch_size=0)
+    datamodule = MMDetDataModule(cfg, global_batch_size=6)
+    _setup(datamodule, devices=2, strategy="ddp")
+    assert datamodule.cfg.train_dataloader.batch_size == 3
+
+
+def test_sync_bn_configs_run_in_one_process_and_every_norm_converts_for_ddp(shapes_config: Any) -> None:
+    from pytorch_lightning.plugins import TorchSyncBatchNorm
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    cfg = shapes_config("shapes_rtmdet.py", batch_size=2)
+    for part in ("backbone", "neck", "bbox_head"):
+        cfg.model[part].norm_cfg = dict(type="SyncBN", requires_grad=True)  # as mmdet's RTMDet configs
+    module = MMDetModule(cfg)
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.modules())
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(module, datamodule=MMDetDataModule(cfg))  # SyncBN reverted to BatchNorm, as mmengine's runner does
+    norms = [m for m in module.modules() if isinstance(m, _BatchNorm)]
+    assert norms and not any(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    converted = TorchSyncBatchNorm().apply(module.model)  # what Trainer(sync_batchnorm=True) does under DDP
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()) == len(norms)

@@ -10,7 +10,7 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from ..utilities import first_dataset
+from ..utilities import first_dataset, gather_objects
 from ..utilities.wandb_media import instances_from_prediction
 from ._wandb import check_unit_interval
 
@@ -26,6 +26,8 @@ class DetectionWriter(BasePredictionWriter):
 
     Category ids are the dataset's (``cat_ids`` of mmdet's ``CocoDataset``), else ``label + 1``; image ids
     are the samples' ``img_id``. Boxes with a score above ``score_thr`` are drawn; all go into the JSON.
+    Under DDP every process draws its own images and rank 0 writes the JSON of all of them, each image
+    once (the samplers' padding repeats a few).
 
     Args:
         output_dir: folder to write into (created).
@@ -44,11 +46,11 @@ class DetectionWriter(BasePredictionWriter):
         self.output_dir = Path(output_dir)
         self.score_thr = check_unit_interval("score_thr", score_thr)
         self.draw = draw
-        self.results: list[dict[str, Any]] = []
+        self._results: dict[Any, list[dict[str, Any]]] = {}  # image id -> COCO results, this process's
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.results = []
+        self._results = {}
         dataset = first_dataset(trainer.predict_dataloaders)
         self._classes = list((getattr(dataset, "metainfo", None) or {}).get("classes") or [])
         self._cat_ids = list(getattr(dataset, "cat_ids", []) or [])
@@ -59,10 +61,11 @@ class DetectionWriter(BasePredictionWriter):
         for sample in prediction:
             everything = instances_from_prediction(sample, score_thr=-1.0)
             image_id = sample.metainfo.get("img_id")
+            results = self._results.setdefault(image_id, [])
             for box, label, score in zip(everything.boxes.tolist(), everything.labels.tolist(),
                                          everything.scores.tolist()):
                 category = self._cat_ids[label] if label < len(self._cat_ids) else label + 1
-                self.results.append({"image_id": image_id, "category_id": int(category), "score": float(score),
+                results.append({"image_id": image_id, "category_id": int(category), "score": float(score),
                                      "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
             if self.draw:
                 self._draw(sample)
@@ -89,4 +92,10 @@ class DetectionWriter(BasePredictionWriter):
         image.save(self.output_dir / f"{path.stem}.png")
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        (self.output_dir / self.RESULTS_FILE).write_text(json.dumps(self.results))
+        merged: dict[Any, list[dict[str, Any]]] = {}
+        for part in gather_objects(self._results):  # every rank calls it
+            for image_id, results in part.items():
+                merged.setdefault(image_id, results)
+        if trainer.is_global_zero:
+            everything = [result for results in merged.values() for result in results]
+            (self.output_dir / self.RESULTS_FILE).write_text(json.dumps(everything))

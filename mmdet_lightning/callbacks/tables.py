@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
-from ..utilities import first_dataset
+from ..utilities import first_dataset, gather_objects
 from ..utilities.wandb_media import (
     Instances,
     box_data,
@@ -122,7 +121,7 @@ class WandbDetectionTables(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active(trainer):
             return
-        parts = _gather((self._predictions, self._with_masks))
+        parts = gather_objects((self._predictions, self._with_masks))
         merged: dict[int, Instances] = {}
         for predictions, _ in parts:
             merged.update(predictions)  # padding duplicates from the samplers collapse here
@@ -215,11 +214,3 @@ def _wandb_image(pixels: Any, instances: Instances, key: str, classes: list[str]
     masks = {f"{key}_{name}": {"mask_data": layer, "class_labels": labels} for name, layer in layers.items()}
     return wandb.Image(pixels, boxes=boxes, masks=masks or None, classes=class_set)
 
-
-def _gather(obj: Any) -> list[Any]:
-    """``obj`` from every process (a list with one item when not distributed); call it on all ranks."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [obj]
-    parts: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, obj)
-    return parts

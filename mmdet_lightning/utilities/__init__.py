@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import torch
+
 
 def first_dataset(dataloaders: Any) -> Any:
     """The dataset behind a dataloader, or behind the first of a sequence of them (None when there is none).
@@ -16,3 +18,17 @@ def first_dataset(dataloaders: Any) -> Any:
     if isinstance(dataloaders, Sequence) and not hasattr(dataloaders, "dataset"):
         dataloaders = dataloaders[0] if dataloaders else None
     return getattr(dataloaders, "dataset", None)
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """``obj`` from every process, in rank order (``[obj]`` when not distributed). Collective: call it on all ranks.
+
+    Example::
+        >>> gather_objects({"a": 1})
+        [{'a': 1}]
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, obj)
+    return parts
