@@ -90,7 +90,7 @@ def main() -> None:
     base = precisions[0]
     print("| config | " + " | ".join(f"{p} s/iter" for p in precisions) + " | "
           + " | ".join(f"{p} / {base}" for p in precisions[1:]) + " | finite losses |")
-    print("|---" * (2 * len(precisions)) + "|")
+    print("|---" * (2 * len(precisions) + 1) + "|")
     for config in CONFIGS:
         times: dict[str, list[float]] = {p: [] for p in precisions}
         finite = True

@@ -1,24 +1,51 @@
 """mmcv ops without half-precision kernels run in float32 under mixed precision.
 
 Under ``precision="bf16-mixed"`` (CPU or CUDA) or ``"16-mixed"``, autocast hands mmcv's compiled ops
-bfloat16 or float16 tensors; ``nms`` and ``RoIAlign`` have no such kernels on the CPU ("expected scalar
-type Float but found BFloat16"). :func:`keep_mmcv_ops_in_fp32` wraps them once, so they compute in float32
-and return the caller's dtype: users keep their model and their precision flag.
+bfloat16 or float16 tensors, for which many have no kernel: ``nms`` and ``RoIAlign`` on the CPU ("expected
+scalar type Float but found BFloat16"), the focal loss on CUDA ("sigmoid_focal_loss_forward_cuda_kernel" not
+implemented for 'BFloat16'), and the others dispatch on float, double and at most half.
+:func:`keep_mmcv_ops_in_fp32` makes each of them compute in float32 once and for all: users keep their model
+and their precision flag. Their outputs stay float32; autograd casts the gradients back to the inputs' dtypes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import Any, Callable
 
 import torch
 
-__all__ = ["keep_mmcv_ops_in_fp32", "predictions_to_float32"]
+__all__ = ["keep_mmcv_ops_in_fp32", "predictions_to_float32", "FP32_MMCV_OPS"]
 
+#: mmcv's autograd functions (``module.Class`` under ``mmcv.ops``) computed in float32 under mixed precision
+FP32_MMCV_OPS = (
+    "nms.NMSop", "roi_align.RoIAlignFunction", "roi_pool.RoIPoolFunction",
+    "roi_align_rotated.RoIAlignRotatedFunction", "deform_roi_pool.DeformRoIPoolFunction",
+    "focal_loss.SigmoidFocalLossFunction", "focal_loss.SoftmaxFocalLossFunction",
+    "deform_conv.DeformConv2dFunction", "modulated_deform_conv.ModulatedDeformConv2dFunction",
+    "multi_scale_deform_attn.MultiScaleDeformableAttnFunction", "carafe.CARAFEFunction",
+    "carafe.CARAFENaiveFunction", "masked_conv.MaskedConv2dFunction",
+)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _PATCHED = False
 
 
+def _in_fp32(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``forward(ctx, *args)`` of an autograd function, with half/bfloat16 tensors cast to float32, autocast off."""
+
+    def forward_in_fp32(ctx: Any, *args: Any, **kwargs: Any) -> Any:
+        low = [a for a in args if isinstance(a, torch.Tensor) and a.dtype in _LOW_PRECISION]
+        if not low:
+            return forward(ctx, *args, **kwargs)
+        args = tuple(a.float() if isinstance(a, torch.Tensor) and a.dtype in _LOW_PRECISION else a for a in args)
+        with torch.autocast(device_type=low[0].device.type, enabled=False):
+            return forward(ctx, *args, **kwargs)
+
+    return forward_in_fp32
+
+
 def keep_mmcv_ops_in_fp32() -> None:
-    """Make mmcv's ``nms`` (and so ``batched_nms``) and ``RoIAlign`` compute in float32 (idempotent).
+    """Make the mmcv ops of :data:`FP32_MMCV_OPS` compute in float32 (idempotent).
 
     Example::
         >>> keep_mmcv_ops_in_fp32()
@@ -30,27 +57,10 @@ def keep_mmcv_ops_in_fp32() -> None:
     global _PATCHED
     if _PATCHED:
         return
-    import importlib
-
-    nms_module = importlib.import_module("mmcv.ops.nms")
-    roi_align_module = importlib.import_module("mmcv.ops.roi_align")
-
-    nms_forward = nms_module.NMSop.forward
-
-    def nms_in_fp32(ctx: Any, bboxes: torch.Tensor, scores: torch.Tensor, *args: Any) -> torch.Tensor:
-        return nms_forward(ctx, bboxes.float(), scores.float(), *args)
-
-    nms_module.NMSop.forward = staticmethod(nms_in_fp32)
-
-    roi_align_forward = roi_align_module.RoIAlign.forward
-
-    def roi_align_in_fp32(self: Any, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        if input.dtype == torch.float32 and rois.dtype == torch.float32:
-            return roi_align_forward(self, input, rois)
-        with torch.autocast(device_type=input.device.type, enabled=False):
-            return roi_align_forward(self, input.float(), rois.float()).to(input.dtype)
-
-    roi_align_module.RoIAlign.forward = roi_align_in_fp32
+    for name in FP32_MMCV_OPS:
+        module_name, class_name = name.rsplit(".", 1)
+        function = getattr(importlib.import_module(f"mmcv.ops.{module_name}"), class_name)
+        function.forward = staticmethod(_in_fp32(function.forward))
     _PATCHED = True
 
 
