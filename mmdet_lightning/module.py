@@ -14,6 +14,7 @@ The training step does what mmengine's runner does, in the same order, so that a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -101,6 +102,7 @@ class MMDetModule(pl.LightningModule):
         self._evaluators: dict[str, Evaluator] = {}
         self._checked_datasets: set[int] = set()
         self._epoch_schedulers_stepped = False
+        self._sync_blocker = contextlib.ExitStack()
         #: whether training scalars go to the loggers every step (a metrics callback that logs interval
         #: averages turns this off, so nothing is logged twice); the progress bar shows the loss either way
         self.log_train_scalars = True
@@ -286,6 +288,12 @@ class MMDetModule(pl.LightningModule):
         from mmengine.logging import MessageHub
 
         MessageHub.get_current_instance().update_info("iter", self._iteration())
+        wrapper = self.optim_wrapper
+        block_sync = getattr(self.trainer.strategy, "block_backward_sync", None)
+        if wrapper is not None and block_sync is not None and not wrapper.should_sync():
+            # accumulating gradients: no all-reduce until the update step (mmengine's `optim_context`);
+            # entered before the strategy's DDP forward, left in on_train_batch_end
+            self._sync_blocker.enter_context(block_sync())
 
     def _iteration(self) -> int:
         """Batches trained before the current one (mmengine's ``runner.iter``), across epochs and resumes."""
@@ -317,6 +325,7 @@ class MMDetModule(pl.LightningModule):
         return {"loss": log_vars["loss"], "log_vars": log_vars}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._sync_blocker.close()
         for scheduler in self.param_schedulers:
             if not scheduler.by_epoch:
                 scheduler.step()

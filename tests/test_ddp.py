@@ -153,3 +153,15 @@ def test_sync_bn_configs_run_in_one_process_and_every_norm_converts_for_ddp(shap
     assert norms and not any(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
     converted = TorchSyncBatchNorm().apply(module.model)  # what Trainer(sync_batchnorm=True) does under DDP
     assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()) == len(norms)
+
+
+@pytest.mark.slow
+def test_accumulating_steps_do_not_synchronise_gradients(shapes_root: Path, tmp_path: Path) -> None:
+    done = _run_script("ddp_loss_curve.py", tmp_path, shapes_root, 2, "accumulate")
+    assert done.returncode == 0, done.stderr[-3000:]
+    gradients = json.loads((tmp_path / "gradients.json").read_text())
+    assert len(gradients["accumulating"]) == len(gradients["update"]) == 6
+    for rank0, rank1 in gradients["accumulating"]:  # each process's own gradient: no all-reduce yet
+        assert rank0 != pytest.approx(rank1, rel=1e-6)
+    for rank0, rank1 in gradients["update"]:  # all-reduced over both steps before the update
+        assert rank0 == pytest.approx(rank1, rel=1e-6)
