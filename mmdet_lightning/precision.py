@@ -5,7 +5,7 @@ bfloat16 or float16 tensors, for which many have no kernel: ``nms`` and ``RoIAli
 scalar type Float but found BFloat16"), the focal loss on CUDA ("sigmoid_focal_loss_forward_cuda_kernel" not
 implemented for 'BFloat16'), and the others dispatch on float, double and at most half.
 :func:`keep_mmcv_ops_in_fp32` makes each of them compute in float32 once and for all: users keep their model
-and their precision flag. Their outputs stay float32; autograd casts the gradients back to the inputs' dtypes.
+and their precision flag.
 """
 
 from __future__ import annotations
@@ -15,37 +15,58 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["keep_mmcv_ops_in_fp32", "predictions_to_float32", "FP32_MMCV_OPS"]
+__all__ = ["keep_mmcv_ops_in_fp32", "predictions_to_float32", "FP32_MMCV_OPS", "FP32_OUTPUT_MMCV_OPS"]
 
-#: mmcv's autograd functions (``module.Class`` under ``mmcv.ops``) computed in float32 under mixed precision
+#: mmcv's autograd functions (``module.Class`` under ``mmcv.ops``) computed in float32 under mixed precision,
+#: with their floating outputs in the inputs' dtype (features that mmdet writes into tensors of that dtype)
 FP32_MMCV_OPS = (
-    "nms.NMSop", "roi_align.RoIAlignFunction", "roi_pool.RoIPoolFunction",
-    "roi_align_rotated.RoIAlignRotatedFunction", "deform_roi_pool.DeformRoIPoolFunction",
-    "focal_loss.SigmoidFocalLossFunction", "focal_loss.SoftmaxFocalLossFunction",
-    "deform_conv.DeformConv2dFunction", "modulated_deform_conv.ModulatedDeformConv2dFunction",
-    "multi_scale_deform_attn.MultiScaleDeformableAttnFunction", "carafe.CARAFEFunction",
-    "carafe.CARAFENaiveFunction", "masked_conv.MaskedConv2dFunction",
+    "roi_align.RoIAlignFunction", "roi_pool.RoIPoolFunction", "roi_align_rotated.RoIAlignRotatedFunction",
+    "deform_roi_pool.DeformRoIPoolFunction", "deform_conv.DeformConv2dFunction",
+    "modulated_deform_conv.ModulatedDeformConv2dFunction", "multi_scale_deform_attn.MultiScaleDeformableAttnFunction",
+    "carafe.CARAFEFunction", "carafe.CARAFENaiveFunction", "masked_conv.MaskedConv2dFunction",
 )
+#: the same, with float32 outputs (losses, indices)
+FP32_OUTPUT_MMCV_OPS = ("nms.NMSop", "focal_loss.SigmoidFocalLossFunction", "focal_loss.SoftmaxFocalLossFunction")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _PATCHED = False
 
 
-def _in_fp32(forward: Callable[..., Any]) -> Callable[..., Any]:
-    """``forward(ctx, *args)`` of an autograd function, with half/bfloat16 tensors cast to float32, autocast off."""
+def _up(values: Any) -> Any:
+    return tuple(v.float() if isinstance(v, torch.Tensor) and v.dtype in _LOW_PRECISION else v for v in values)
+
+
+def _cast_floats(output: Any, dtype: torch.dtype) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output.to(dtype) if output.is_floating_point() else output
+    if isinstance(output, tuple):
+        return tuple(_cast_floats(item, dtype) for item in output)
+    return output
+
+
+def _compute_in_fp32(function: Any, output_in_input_dtype: bool) -> None:
+    """Wrap an autograd function's ``forward``/``backward``: half/bfloat16 tensors go in as float32 (autocast
+    off), floating outputs come back in the inputs' dtype (or stay float32), gradients go in as float32;
+    autograd casts the gradients it returns to each input's dtype."""
+    forward, backward = function.forward, function.backward
 
     def forward_in_fp32(ctx: Any, *args: Any, **kwargs: Any) -> Any:
-        low = [a for a in args if isinstance(a, torch.Tensor) and a.dtype in _LOW_PRECISION]
+        low = [a.dtype for a in args if isinstance(a, torch.Tensor) and a.dtype in _LOW_PRECISION]
         if not low:
             return forward(ctx, *args, **kwargs)
-        args = tuple(a.float() if isinstance(a, torch.Tensor) and a.dtype in _LOW_PRECISION else a for a in args)
-        with torch.autocast(device_type=low[0].device.type, enabled=False):
-            return forward(ctx, *args, **kwargs)
+        device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+        with torch.autocast(device_type=device, enabled=False):
+            output = forward(ctx, *_up(args), **kwargs)
+        return _cast_floats(output, low[0]) if output_in_input_dtype else output
 
-    return forward_in_fp32
+    def backward_in_fp32(ctx: Any, *grads: Any) -> Any:
+        return backward(ctx, *_up(grads))
+
+    function.forward = staticmethod(forward_in_fp32)
+    function.backward = staticmethod(backward_in_fp32)
 
 
 def keep_mmcv_ops_in_fp32() -> None:
-    """Make the mmcv ops of :data:`FP32_MMCV_OPS` compute in float32 (idempotent).
+    """Make the mmcv ops of :data:`FP32_MMCV_OPS` and :data:`FP32_OUTPUT_MMCV_OPS` compute in float32 (idempotent).
 
     Example::
         >>> keep_mmcv_ops_in_fp32()
@@ -57,10 +78,11 @@ def keep_mmcv_ops_in_fp32() -> None:
     global _PATCHED
     if _PATCHED:
         return
-    for name in FP32_MMCV_OPS:
-        module_name, class_name = name.rsplit(".", 1)
-        function = getattr(importlib.import_module(f"mmcv.ops.{module_name}"), class_name)
-        function.forward = staticmethod(_in_fp32(function.forward))
+    for names, output_in_input_dtype in ((FP32_MMCV_OPS, True), (FP32_OUTPUT_MMCV_OPS, False)):
+        for name in names:
+            module_name, class_name = name.rsplit(".", 1)
+            function = getattr(importlib.import_module(f"mmcv.ops.{module_name}"), class_name)
+            _compute_in_fp32(function, output_in_input_dtype)
     _PATCHED = True
 
 

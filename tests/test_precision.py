@@ -36,20 +36,21 @@ def test_bf16_mixed_on_cpu(name: str, shapes_config: Any, tmp_path: Any) -> None
 
 
 def test_mmcv_ops_compute_in_fp32_under_autocast() -> None:
-    """Ops whose kernels lack bf16 (on the CPU here; the focal loss on CUDA) get float32 inputs and give
-    the float32 result; the gradient comes back in the input's dtype."""
+    """Ops whose kernels lack bf16 (on the CPU here; the focal loss on CUDA) compute on float32 inputs and
+    return the inputs' dtype; the gradient comes back in the input's dtype."""
     import importlib
 
     import torch
     from mmcv.ops import DeformConv2d, RoIAlign
 
-    from mmdet_lightning.precision import FP32_MMCV_OPS, keep_mmcv_ops_in_fp32
+    from mmdet_lightning.precision import FP32_MMCV_OPS, FP32_OUTPUT_MMCV_OPS, keep_mmcv_ops_in_fp32
 
     keep_mmcv_ops_in_fp32()
-    for name in FP32_MMCV_OPS:  # every listed op is wrapped
+    for name in FP32_MMCV_OPS + FP32_OUTPUT_MMCV_OPS:  # every listed op is wrapped
         module_name, class_name = name.rsplit(".", 1)
         function = getattr(importlib.import_module(f"mmcv.ops.{module_name}"), class_name)
         assert function.forward.__name__ == "forward_in_fp32", name
+        assert function.backward.__name__ == "backward_in_fp32", name
 
     torch.manual_seed(0)
     features = torch.randn(1, 4, 16, 16)
@@ -61,8 +62,9 @@ def test_mmcv_ops_compute_in_fp32_under_autocast() -> None:
         low = [x.bfloat16().requires_grad_() for x in inputs]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             result = op(*low)
-        assert result.dtype == torch.float32
-        torch.testing.assert_close(result, op(*[x.bfloat16().float() for x in inputs]))
-        assert (result - expected).abs().max() < 0.1  # only the inputs' rounding to bf16 differs
-        result.sum().backward()
+        assert result.dtype == torch.bfloat16
+        torch.testing.assert_close(result, op(*[x.bfloat16().float() for x in inputs]).bfloat16())
+        assert (result.float() - expected).abs().max() < 0.1  # only the rounding to bf16 differs
+        (result.float() * torch.randn_like(expected)).sum().backward()
         assert low[0].grad is not None and low[0].grad.dtype == torch.bfloat16
+        assert low[0].grad.abs().sum() > 0
