@@ -22,6 +22,7 @@ from .callbacks.prediction_writer import DetectionWriter
 from .config import load_config
 from .datamodule import MMDetDataModule
 from .module import MMDetModule
+from .wandb_logger import wandb_credentials
 
 __all__ = ["MMDetLightningCLI", "lightning_config_from_mmdet", "run", "main"]
 
@@ -73,6 +74,8 @@ class MMDetLightningCLI(LightningCLI):
                 f"--ckpt_path {ckpt_path!r} does not exist (working directory: {os.getcwd()}).\n"
                 "Hint: pass a checkpoint written by ModelCheckpoint, e.g. work_dirs/<run>/checkpoints/last.ckpt."
             )
+        if subcommand == "fit" and ckpt_path and Path(str(ckpt_path)).is_file():
+            _continue_wandb_run(self.config[subcommand].get("trainer"), str(ckpt_path))
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.config", "data.config")
@@ -95,13 +98,6 @@ def _wandb_settings(cfg: Any) -> dict[str, Any] | None:
         if str(backend.get("type", "")).endswith("WandbVisBackend"):
             return {"init_kwargs": dict(backend.get("init_kwargs") or {})}
     return None
-
-
-def _wandb_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE", "").lower() in ("online", "run"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
 def lightning_config_from_mmdet(config_path: str | os.PathLike, subcommand: str = "fit") -> dict[str, Any]:
@@ -145,11 +141,11 @@ def lightning_config_from_mmdet(config_path: str | os.PathLike, subcommand: str 
     wandb = _wandb_settings(cfg)
     if wandb is not None:
         init_kwargs = dict(wandb.get("init_kwargs") or {})
-        logger_args = {"save_dir": init_kwargs.pop("dir", work_dir), "offline": not _wandb_credentials()}
+        logger_args = {"save_dir": init_kwargs.pop("dir", work_dir), "offline": not wandb_credentials()}
         if init_kwargs.pop("mode", None) == "offline":
             logger_args["offline"] = True
         logger_args.update(init_kwargs)
-        trainer["logger"] = {"class_path": "pytorch_lightning.loggers.WandbLogger", "init_args": logger_args}
+        trainer["logger"] = {"class_path": "mmdet_lightning.wandb_logger.ResilientWandbLogger", "init_args": logger_args}
         hook_args = {k: wandb[k] for k in _HOOK_ARGS if k in wandb}
         callbacks.append({"class_path": "mmdet_lightning.callbacks.MMDetWandbCallback", "init_args": hook_args})
     if callbacks:
@@ -201,6 +197,21 @@ def run(argv: Sequence[str] | None = None) -> MMDetLightningCLI | None:
         raise
     _finish_wandb(exit_code=0)
     return cli
+
+
+def _continue_wandb_run(trainer_config: Any, ckpt_path: str) -> None:
+    """``fit --ckpt_path``: the WandbLogger (created before the checkpoint is read) logs to the W&B run that the
+    W&B callbacks stored in the checkpoint (``id``; Lightning's WandbLogger resumes with ``resume="allow"``)."""
+    from .callbacks._wandb import wandb_run_id
+
+    loggers = (trainer_config or {}).get("logger")
+    loggers = loggers if isinstance(loggers, list) else [loggers]
+    wandb_loggers = [logger for logger in loggers if "Wandb" in str(getattr(logger, "class_path", ""))]
+    run_id = wandb_run_id(ckpt_path) if wandb_loggers else None
+    for logger in wandb_loggers:
+        if run_id and logger.init_args.get("id") is None and logger.init_args.get("version") is None:
+            logger.init_args["id"] = run_id
+            rank_zero_info(f"fit --ckpt_path: continuing W&B run {run_id} of the checkpoint")
 
 
 def _finish_wandb(exit_code: int) -> None:

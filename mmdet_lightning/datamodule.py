@@ -11,8 +11,10 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from .bad_data import BadDataReport, audit_annotations, guard_pipeline
 from .config import ConfigLike, init_mmdet_scope, load_config, replace_data_root
 from .image_folder import DetImageFolder, list_images
+from .resume import ResumableBatchSampler, with_resumable_batches
 
 __all__ = ["MMDetDataModule"]
 
@@ -32,6 +34,12 @@ class MMDetDataModule(pl.LightningDataModule):
     samplers, collate function, worker seeding), so batches are the ones mmengine's runner would draw.
     The config's samplers already shard the data by process, so Lightning's distributed sampler is turned
     off when Lightning runs several processes. ``predict`` uses the test loader.
+
+    Training is made to survive a long run: a training sample whose image cannot be read or whose
+    annotation breaks the pipeline is replaced by another, with one warning per file; annotations that
+    mmdet ignores silently (zero-area boxes, empty polygons) and missing image files are reported once
+    (``bad_data.files``, ``bad_data.skipped_samples``). The training batches continue exactly where an
+    interrupted epoch stopped when a checkpoint is resumed (see :mod:`mmdet_lightning.resume`).
 
     Args:
         config: mmdet config: a file path, a dict or an mmengine ``Config``.
@@ -65,6 +73,10 @@ class MMDetDataModule(pl.LightningDataModule):
             replace_data_root(self.cfg, data_root)
         self.seed = seed
         self.predict_folder = predict_folder
+        #: bad training files met in this process (path -> reason) and how many samples were replaced
+        self.bad_data = BadDataReport()
+        self._train_batches: ResumableBatchSampler | None = None
+        self._train_state_to_load: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, config: ConfigLike, **kwargs: Any) -> "MMDetDataModule":
@@ -130,7 +142,39 @@ class MMDetDataModule(pl.LightningDataModule):
         return batch
 
     def train_dataloader(self) -> DataLoader:
-        return self._build("train_dataloader")
+        init_mmdet_scope()
+        from mmdet.registry import DATASETS
+
+        dataset_cfgs = _dataset_cfgs((self.cfg.get("train_dataloader") or {}).get("dataset", {}))
+        classes = [DATASETS.get(c["type"]) if isinstance(c.get("type"), str) else c.get("type") for c in dataset_cfgs]
+        with audit_annotations([c for c in classes if isinstance(c, type)], self.bad_data):
+            loader = with_resumable_batches(self._build("train_dataloader"))
+        guard_pipeline(loader.dataset)
+        self._train_batches = loader.batch_sampler if isinstance(loader.batch_sampler, ResumableBatchSampler) else None
+        if self._train_batches is not None and self._train_state_to_load is not None:
+            self._train_batches.load_state_dict(self._train_state_to_load)
+        self._train_state_to_load = None
+        return loader
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        self.bad_data.collect(batch)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training data stands (epoch, batches done, random states), for an exact resume."""
+        if self._train_batches is None:
+            return {}
+        state = self._train_batches.state_dict()
+        trainer = self.trainer
+        if trainer is not None:
+            state["epoch_done"] = state["batches_done"] >= trainer.num_training_batches
+        return {"train_batches": state, "bad_files": dict(self.bad_data.files),
+                "skipped_samples": self.bad_data.skipped_samples}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_state_to_load = state_dict.get("train_batches")
+        self.bad_data.files.update(state_dict.get("bad_files", {}))
+        self.bad_data.skipped_samples = int(state_dict.get("skipped_samples", 0))
 
     def val_dataloader(self) -> DataLoader | list:
         # no `val_dataloader` in the config: an empty list, which tells Lightning not to validate

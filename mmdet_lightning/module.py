@@ -18,7 +18,7 @@ import contextlib
 import copy
 import math
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import pytorch_lightning as pl
 import torch
@@ -28,6 +28,7 @@ from .checkpoint import LoadReport, load_detector_weights
 from .config import ConfigLike, init_mmdet_scope, load_config, replace_data_root
 from .evaluation import EvaluatorBackend, use_evaluator_backend
 from .precision import keep_mmcv_ops_in_fp32, predictions_to_float32
+from .resume import load_message_hub_state, message_hub_state
 from .utilities import first_dataset
 
 if TYPE_CHECKING:
@@ -53,10 +54,14 @@ class MMDetModule(pl.LightningModule):
         data_root: dataset folder to use instead of the config's ``data_root`` (evaluator paths included).
         evaluator_backend: ``"pycocotools"`` (mmdet's ``CocoMetric`` as configured) or ``"faster_coco_eval"``
             (``FastCocoMetric``: the same numbers, faster).
+        invalid_loss: what a NaN or infinite loss does (mmdet's ``CheckInvalidLossHook``): ``"raise"`` stops
+            training with a ``FloatingPointError`` naming the iteration and every loss term; ``"skip"`` warns
+            and skips the step before backward, leaving weights and optimizer untouched (``skipped_steps``).
 
     Raises:
         FileNotFoundError: the config or the checkpoint does not exist.
-        ValueError: the config cannot be parsed, has no ``model``, or is of an unsupported task.
+        ValueError: the config cannot be parsed, has no ``model``, or is of an unsupported task;
+            ``invalid_loss`` is not ``"raise"`` or ``"skip"``.
 
     Example::
         >>> module = MMDetModule.from_config("configs/mmdet/shapes_retinanet.py")  # doctest: +SKIP
@@ -65,8 +70,14 @@ class MMDetModule(pl.LightningModule):
     """
 
     def __init__(self, config: ConfigLike, load_from: str | None = None, data_root: str | None = None,
-                 evaluator_backend: EvaluatorBackend = "pycocotools") -> None:
+                 evaluator_backend: EvaluatorBackend = "pycocotools",
+                 invalid_loss: Literal["raise", "skip"] = "raise") -> None:
         super().__init__()
+        if invalid_loss not in ("raise", "skip"):
+            raise ValueError(f"Expected argument `invalid_loss` to be one of ('raise', 'skip'), but got {invalid_loss!r}.")
+        self.invalid_loss = invalid_loss
+        #: training steps skipped because of a NaN or infinite loss (``invalid_loss="skip"``)
+        self.skipped_steps = 0
         self.cfg = load_config(config)
         keep_mmcv_ops_in_fp32()  # so that precision="bf16-mixed" / "16-mixed" work with every model
         if data_root is not None:
@@ -103,6 +114,8 @@ class MMDetModule(pl.LightningModule):
         self._checked_datasets: set[int] = set()
         self._epoch_schedulers_stepped = False
         self._sync_blocker = contextlib.ExitStack()
+        self._batch_end_pending: bool | None = None  # None: no batch yet; bool: the step's last batch of the epoch
+        self._resumed_state: dict[str, Any] | None = None
         #: whether training scalars go to the loggers every step (a metrics callback that logs interval
         #: averages turns this off, so nothing is logged twice); the progress bar shows the loss either way
         self.log_train_scalars = True
@@ -268,6 +281,7 @@ class MMDetModule(pl.LightningModule):
         assert self.optim_wrapper is not None
         self.optim_wrapper.initialize_count_status(self.model, self._iteration(), max_iters)
         hub = MessageHub.get_current_instance()
+        self._restore_resumed_state(hub)
         hub.update_info("loop_stage", "train")
         hub.update_info("epoch", self.current_epoch)
         hub.update_info("iter", self._iteration())
@@ -304,9 +318,12 @@ class MMDetModule(pl.LightningModule):
         # and the optimizer step so that precision plugins and strategies apply.
         wrapper = self.optim_wrapper
         assert wrapper is not None, "configure_optimizers has not run"
+        self._batch_end_pending = batch_idx + 1 == self.trainer.num_training_batches
         data = self.model.data_preprocessor(batch, True)
         losses = self.model(**data, mode="loss")
         loss, log_vars = self.model.parse_losses(losses)
+        if not self._loss_is_finite(loss, log_vars):
+            return None
         self.manual_backward(wrapper.scale_loss(loss))
         if self._iteration() == 0:
             self._check_unused_parameters()
@@ -324,12 +341,36 @@ class MMDetModule(pl.LightningModule):
         # what mmengine's train_step returns, for callbacks' `on_train_batch_end(outputs=...)`
         return {"loss": log_vars["loss"], "log_vars": log_vars}
 
+    def _loss_is_finite(self, loss: torch.Tensor, log_vars: Mapping[str, Any]) -> bool:
+        """mmdet's ``CheckInvalidLossHook`` before backward: raise, or count and skip the step. The decision
+        is shared by all processes (a step skipped on one rank only would hang the others)."""
+        finite = bool(torch.isfinite(loss).all())
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return True
+        terms = ", ".join(f"{k}={float(v):.6g}" for k, v in log_vars.items())
+        where = f"iteration {self._iteration()} (epoch {self.current_epoch})"
+        if self.invalid_loss == "raise":
+            raise FloatingPointError(
+                f"The loss is NaN or infinite at {where}: {terms}.\nHint: lower the learning rate, add gradient "
+                "clipping (optim_wrapper.clip_grad), check the data, or pass invalid_loss='skip' to skip such steps."
+            )
+        self.skipped_steps += 1
+        rank_zero_warn(f"Skipping the step at {where}: the loss is NaN or infinite ({terms}); "
+                       f"{self.skipped_steps} step(s) skipped so far.")
+        return False
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._sync_blocker.close()
+        self._end_batch(batch_idx + 1 == self.trainer.num_training_batches)
+
+    def _end_batch(self, last_of_epoch: bool) -> None:
+        self._batch_end_pending = None
         for scheduler in self.param_schedulers:
             if not scheduler.by_epoch:
                 scheduler.step()
-        if batch_idx + 1 == self.trainer.num_training_batches:
+        if last_of_epoch:
             self._step_epoch_schedulers()
 
     def on_train_epoch_end(self) -> None:
@@ -434,13 +475,44 @@ class MMDetModule(pl.LightningModule):
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
         return predictions_to_float32(self.model.test_step(batch))
 
+    # ------------------------------------------------------------------ checkpoints and resume
+    RESUME_KEY = "mmdet_lightning"
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from mmengine.logging import MessageHub
+
+        # what mmengine's runner keeps besides weights, optimizer and schedulers (which Lightning saves):
+        # MessageHub, the optimizer wrapper's counter, and the schedule steps of a batch whose end hooks have
+        # not run yet (ModelCheckpoint saves in the callbacks' on_train_batch_end, before the module's)
+        checkpoint[self.RESUME_KEY] = {
+            "message_hub": message_hub_state(MessageHub.get_current_instance()),
+            "inner_count": self.optim_wrapper._inner_count if self.optim_wrapper is not None else 0,
+            "epoch_schedulers_stepped": self._epoch_schedulers_stepped,
+            "batch_end_pending": self._batch_end_pending,
+            "skipped_steps": self.skipped_steps,
+        }
         # what mmdet's tools read from a checkpoint's meta (init_detector: the class names)
         for loaders in (self.trainer.train_dataloader, self.trainer.val_dataloaders):
             metainfo = getattr(first_dataset(loaders), "metainfo", None) or {}
             if metainfo.get("classes"):
                 checkpoint["meta"] = {"dataset_meta": dict(metainfo)}
                 return
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resumed_state = checkpoint.get(self.RESUME_KEY)
+
+    def _restore_resumed_state(self, hub: Any) -> None:
+        """At ``on_train_start`` of a resumed fit (weights, optimizer and schedulers are loaded by then)."""
+        state, self._resumed_state = self._resumed_state, None
+        if not state:
+            return
+        load_message_hub_state(hub, state["message_hub"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self._epoch_schedulers_stepped = bool(state["epoch_schedulers_stepped"])
+        if state.get("batch_end_pending") is not None:
+            self._end_batch(bool(state["batch_end_pending"]))
+        if self.optim_wrapper is not None:
+            self.optim_wrapper._inner_count = int(state["inner_count"])
 
     # ------------------------------------------------------------------ checks
     def num_classes(self) -> dict[str, int]:

@@ -1,10 +1,12 @@
-"""What the W&B callbacks share: finding the WandbLogger, argument checks."""
+"""What the W&B callbacks share: finding the WandbLogger, argument checks, the run across resumes."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from lightning_utilities.core.imports import RequirementCache
+from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
@@ -44,3 +46,39 @@ def check_unit_interval(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"Expected argument `{name}` to be a float in [0, 1], but got {value!r}.")
     return float(value)
+
+
+@rank_zero_only
+def finish_run(logger: "WandbLogger", exit_code: int) -> None:
+    """Finish the logger's W&B run now (what was logged is flushed; an offline run is ready for `wandb sync`)."""
+    run = getattr(logger, "_experiment", None)
+    if run is not None and hasattr(run, "finish"):
+        run.finish(exit_code=exit_code)
+
+
+@rank_zero_only
+def warn_if_other_run(logger: "WandbLogger", run_id: str) -> None:
+    """Resumed from a checkpoint of W&B run ``run_id`` while logging to another run: say how to continue it."""
+    current = getattr(logger.experiment, "id", None)
+    if current is not None and current != run_id:
+        rank_zero_warn(
+            f"The checkpoint was logged to W&B run {run_id!r}, but this fit logs to a new run {current!r}: its "
+            f"metrics and artifacts start afresh there.\nHint: to continue the same run, pass "
+            f"WandbLogger(id={run_id!r}, resume='allow') (the CLI does this for `fit --ckpt_path`)."
+        )
+
+
+def wandb_run_id(ckpt_path: str | os.PathLike) -> str | None:
+    """The W&B run id that the W&B callbacks stored in a Lightning checkpoint (None when there is none).
+
+    Example::
+        >>> logger = WandbLogger(id=wandb_run_id("last.ckpt"), resume="allow")  # doctest: +SKIP
+    """
+    import torch
+
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    for state in (checkpoint.get("callbacks") or {}).values():
+        for part in [state, *(v for v in state.values() if isinstance(v, dict))] if isinstance(state, dict) else []:
+            if isinstance(part, dict) and part.get("run_id"):
+                return str(part["run_id"])
+    return None

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, Checkpoint, ModelCheckpoint
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from ._wandb import find_wandb_logger
+from ._wandb import find_wandb_logger, finish_run, warn_if_other_run
 
 __all__ = ["WandbCheckpointArtifacts"]
 
@@ -22,9 +23,10 @@ class _CheckpointWatcher(Logger):
     """Lightning tells every logger when a ModelCheckpoint has written a file (``after_save_checkpoint``,
     rank 0, after the file is complete); this logger passes that on to the callback and logs nothing."""
 
-    def __init__(self, on_saved: Callable[[ModelCheckpoint], None]) -> None:
+    def __init__(self, on_saved: Callable[[ModelCheckpoint], None], on_failed: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._on_saved = on_saved
+        self._on_failed = on_failed
 
     @property
     def name(self) -> str:
@@ -43,6 +45,11 @@ class _CheckpointWatcher(Logger):
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
         self._on_saved(checkpoint_callback)
 
+    def finalize(self, status: str) -> None:
+        # after every callback's on_exception (OnExceptionCheckpoint has written its file by now)
+        if status == "failed" and self._on_failed is not None:
+            self._on_failed()
+
 
 class WandbCheckpointArtifacts(Callback):
     """Upload each checkpoint that ``ModelCheckpoint`` writes as W&B artifact ``run_<run id>_model``.
@@ -60,7 +67,14 @@ class WandbCheckpointArtifacts(Callback):
         on_train_start         checkpoint interval must be a multiple of the validation interval
         on_validation_end      remember the validation's metrics (module.last_eval_metrics)
         ModelCheckpoint saves  -> after_save_checkpoint -> upload (rank 0 only; nothing collective)
-        on_exception           upload the newest checkpoint not yet uploaded, alias "interrupted"
+        on_exception           remember the exception; then, once every callback's on_exception has run
+                               (OnExceptionCheckpoint's file included): upload the newest checkpoint not yet
+                               uploaded with aliases "interrupted", "latest" and metadata {"interrupted": <exception>};
+                               on SIGTERM / KeyboardInterrupt finish the W&B run (offline: ready for `wandb sync`)
+
+    A failing upload is retried ``UPLOAD_ATTEMPTS`` times, then reported with a warning; it never stops
+    training. Resumed from a checkpoint, the uploaded files and the run id come back from the callback's
+    state: nothing is uploaded twice and aliases continue (``epoch_N`` / ``iter_N`` from the trainer).
 
     Args:
         log_checkpoint_metadata: add epoch, step and the latest eval metrics to each version's metadata.
@@ -75,6 +89,7 @@ class WandbCheckpointArtifacts(Callback):
     """
 
     ARTIFACT_TYPE = "model"
+    UPLOAD_ATTEMPTS = 3
 
     def __init__(self, log_checkpoint_metadata: bool = True, upload_on_exception: bool = True) -> None:
         self.log_checkpoint_metadata = log_checkpoint_metadata
@@ -83,6 +98,9 @@ class WandbCheckpointArtifacts(Callback):
         self._eval_metrics: dict[str, float] = {}
         self._enabled = True
         self._watcher: _CheckpointWatcher | None = None
+        self._exception: BaseException | None = None
+        #: the W&B run the uploads went to (restored on resume, to warn when the logger's run differs)
+        self.run_id: str | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._logger = find_wandb_logger(trainer, type(self).__name__)
@@ -96,7 +114,7 @@ class WandbCheckpointArtifacts(Callback):
             )
             self._enabled = False
             return
-        self._watcher = _CheckpointWatcher(self._on_checkpoint_saved)
+        self._watcher = _CheckpointWatcher(self._on_checkpoint_saved, self._after_exception)
         trainer.loggers = [*trainer.loggers, self._watcher]
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -135,36 +153,71 @@ class WandbCheckpointArtifacts(Callback):
                 aliases.append("best")
             self._upload(trainer, path, aliases)
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.run_id is not None:  # restored from a checkpoint
+            warn_if_other_run(self._logger, self.run_id)
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not (self._enabled and self.upload_on_exception):
+        self._exception = exception
+        if self._watcher is None or self._watcher not in trainer.loggers:  # no finalize call will come
+            self._after_exception()
+
+    def _after_exception(self) -> None:
+        exception, self._exception = self._exception, None
+        if exception is None:
             return
-        files = [p for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)
-                 for p in (cb.last_model_path, cb.best_model_path, *cb.best_k_models) if p and os.path.isfile(p)]
-        fresh = [p for p in files if p not in self.uploaded]
-        if fresh:
-            path = max(fresh, key=os.path.getmtime)
-            self._upload(trainer, path, ["interrupted", "latest"], extra={"interrupted": type(exception).__name__})
+        trainer = self._trainer
+        if self._enabled and self.upload_on_exception:
+            files = [p for cb in trainer.callbacks if isinstance(cb, Checkpoint) for p in _checkpoint_files(cb)]
+            fresh = [p for p in dict.fromkeys(files) if os.path.isfile(p) and p not in self.uploaded]
+            if fresh:
+                path = max(fresh, key=os.path.getmtime)
+                self._upload(trainer, path, ["interrupted", "latest"], extra={"interrupted": type(exception).__name__})
+        if isinstance(exception, (SystemExit, KeyboardInterrupt)):  # SIGTERMException is a SystemExit
+            finish_run(self._logger, exit_code=1)
 
     @rank_zero_only
     def _upload(self, trainer: pl.Trainer, path: str, aliases: list[str], extra: dict[str, Any] | None = None) -> None:
         import wandb
 
         run = self._logger.experiment
+        self.run_id = run.id
         metadata: dict[str, Any] = {}
         if self.log_checkpoint_metadata:
             metadata = {"epoch": trainer.current_epoch + 1, "global_step": trainer.global_step, **self._eval_metrics}
         metadata.update(extra or {})
-        artifact = wandb.Artifact(f"run_{run.id}_{self.ARTIFACT_TYPE}", type=self.ARTIFACT_TYPE, metadata=metadata)
-        link = _link_for_upload(Path(path), Path(run.dir).parent / "checkpoint_links", trainer.global_step)
-        artifact.add_file(str(link), name=Path(path).name, policy="immutable")
-        run.log_artifact(artifact, aliases=aliases)
+        name = f"run_{run.id}_{self.ARTIFACT_TYPE}"
+        for attempt in range(1, self.UPLOAD_ATTEMPTS + 1):
+            try:
+                artifact = wandb.Artifact(name, type=self.ARTIFACT_TYPE, metadata=metadata)
+                link = _link_for_upload(Path(path), Path(run.dir).parent / "checkpoint_links", trainer.global_step)
+                artifact.add_file(str(link), name=Path(path).name, policy="immutable")
+                run.log_artifact(artifact, aliases=aliases)
+                break
+            except Exception as err:  # a W&B or file-system failure must not stop training
+                if attempt == self.UPLOAD_ATTEMPTS:
+                    rank_zero_warn(f"W&B: could not log checkpoint {path} as artifact {name} after {attempt} attempts "
+                                   f"({type(err).__name__}: {err}); training goes on, the file stays on disk.")
+                    return
+                time.sleep(self.RETRY_SECONDS * attempt)
         self.uploaded[path] = trainer.global_step
 
+    RETRY_SECONDS = 1.0
+
     def state_dict(self) -> dict[str, Any]:
-        return {"uploaded": dict(self.uploaded)}
+        return {"uploaded": dict(self.uploaded), "run_id": self.run_id}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.uploaded = dict(state_dict.get("uploaded", {}))
+        self.run_id = state_dict.get("run_id")
+
+
+def _checkpoint_files(callback: Checkpoint) -> list[str]:
+    """The files a checkpoint callback has written: ModelCheckpoint's, or OnExceptionCheckpoint's."""
+    if isinstance(callback, ModelCheckpoint):
+        return [p for p in (callback.last_model_path, callback.best_model_path, *callback.best_k_models) if p]
+    path = getattr(callback, "ckpt_path", None)
+    return [str(path)] if path else []
 
 
 def _link_for_upload(path: Path, folder: Path, step: int) -> Path:

@@ -138,6 +138,8 @@ class WandbDetectionTables(Callback):
         class_set = wandb.Classes([{"id": i + 1, "name": name} for i, name in enumerate(classes)])
         if not self.val_logged:
             self._log_val_table(run, dataset, classes, class_set)
+        elif not self._val_images:  # resumed: `val` is in the run already; rebuild its images, log nothing
+            self._val_table(dataset, classes, class_set)
         table = wandb.Table(columns=["image_name", "ground_truth", "prediction"])
         artifact = wandb.Artifact(f"run_{run.id}_pred", type="evaluation")
         for index in self.indices or []:
@@ -151,6 +153,16 @@ class WandbDetectionTables(Callback):
         run.log_artifact(artifact, aliases=[f"epoch_{trainer.current_epoch + 1}", "latest"])
 
     def _log_val_table(self, run: Any, dataset: Any, classes: list[str], class_set: "wandb.Classes") -> None:
+        import wandb
+
+        artifact = wandb.Artifact(self.VAL_ARTIFACT, type="dataset")
+        artifact.add(self._val_table(dataset, classes, class_set), self.VAL_TABLE)
+        run.log_artifact(artifact)
+        self._val_artifact = artifact
+        self.val_logged = True
+
+    def _val_table(self, dataset: Any, classes: list[str], class_set: "wandb.Classes") -> "wandb.Table":
+        """The ``val_data`` table; fills ``_val_images`` (index -> name, image with ground truth)."""
         import wandb
         from PIL import Image
 
@@ -172,11 +184,7 @@ class WandbDetectionTables(Callback):
             name = Path(path).name
             table.add_data(name, image)
             self._val_images[index] = (name, image)
-        artifact = wandb.Artifact(self.VAL_ARTIFACT, type="dataset")
-        artifact.add(table, self.VAL_TABLE)
-        run.log_artifact(artifact)
-        self._val_artifact = artifact
-        self.val_logged = True
+        return table
 
     def _reference_val_media(self, artifact: "wandb.Artifact", image: "wandb.Image") -> None:
         """Make ``artifact`` hold the files of ``image`` (and its masks) as references to ``val``'s entries.
@@ -187,6 +195,8 @@ class WandbDetectionTables(Callback):
         resolved when the run is synced).
         """
         source = self._val_artifact
+        if source is None:  # resumed in a new process: `val` was logged by the earlier one; embed the images
+            return
         media = [image, *(getattr(image, "_masks", None) or {}).values()]
         for item in media:
             local = getattr(item, "_path", None)
@@ -201,6 +211,8 @@ class WandbDetectionTables(Callback):
         return {"indices": self.indices, "val_logged": self.val_logged}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # resumed: the same images; `val` is not logged again (the prediction tables embed their images,
+        # since the `val` entries of the earlier process cannot be referenced before `wandb sync`)
         self.indices = state_dict.get("indices")
         self.val_logged = bool(state_dict.get("val_logged", False))
 

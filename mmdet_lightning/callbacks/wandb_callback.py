@@ -6,7 +6,7 @@ from typing import Any
 
 from pytorch_lightning.callbacks import Callback
 
-from ._wandb import check_non_negative_int, check_unit_interval
+from ._wandb import check_non_negative_int, check_unit_interval, find_wandb_logger, finish_run
 from .checkpoint_artifacts import WandbCheckpointArtifacts
 from .metrics import WandbIntervalMetrics
 from .tables import WandbDetectionTables
@@ -17,7 +17,7 @@ __all__ = ["MMDetWandbCallback"]
 _FORWARDED_HOOKS = (
     "setup", "teardown", "on_fit_start", "on_train_start", "on_train_epoch_start", "on_train_batch_start",
     "on_train_batch_end", "on_validation_start", "on_validation_batch_end", "on_validation_epoch_end",
-    "on_validation_end", "on_exception",
+    "on_validation_end",
 )
 
 
@@ -61,8 +61,21 @@ class MMDetWandbCallback(Callback):
         if num_eval_images > 0:
             self.parts.append(WandbDetectionTables(num_eval_images=num_eval_images, bbox_score_thr=bbox_score_thr))
 
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """Calls ``on_exception`` of each part; without checkpoint uploads (which finish the run after their
+        last upload), finishes the W&B run on SIGTERM / KeyboardInterrupt so that everything logged is kept."""
+        for part in self.parts:
+            part.on_exception(trainer, pl_module, exception)
+        if isinstance(exception, (SystemExit, KeyboardInterrupt)) and not any(
+                isinstance(part, WandbCheckpointArtifacts) for part in self.parts):
+            finish_run(find_wandb_logger(trainer, type(self).__name__), exit_code=1)
+
     def state_dict(self) -> dict[str, Any]:
-        return {type(part).__name__: part.state_dict() for part in self.parts}
+        state: dict[str, Any] = {type(part).__name__: part.state_dict() for part in self.parts}
+        run = getattr(getattr(self.parts[0], "_logger", None), "_experiment", None)
+        if isinstance(getattr(run, "id", None), str):  # what `fit --ckpt_path` continues (wandb_run_id)
+            state["run_id"] = run.id
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for part in self.parts:
