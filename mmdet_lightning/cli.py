@@ -49,8 +49,8 @@ class MMDetLightningCLI(LightningCLI):
 
     ``--model.config`` and ``--model.data_root`` also set the data module's; the optimizer and schedules come from the
     mmdet config, so ``--optimizer`` / ``--lr_scheduler`` are not offered; so do the config's ``custom_hooks``
-    (EMA, pipeline switches, ...: :func:`~mmdet_lightning.callbacks.callbacks_from_config`). ``predict`` writes COCO results
-    and drawn images with a :class:`DetectionWriter` (``<default_root_dir>/predictions`` unless one is
+    (EMA, pipeline switches, ...: :func:`~mmdet_lightning.callbacks.callbacks_from_config`). ``predict`` writes
+    COCO results and drawn images with a :class:`DetectionWriter` (``<default_root_dir>/predictions`` unless one is
     configured).
 
     Example::

@@ -145,7 +145,10 @@ REPRESENTATIVES: dict[str, str] = {
 # transform / preprocessor keys that hold image sizes in pixels
 _SIZE_KEYS = ("scale", "img_scale", "scales", "crop_size", "size", "random_size_range", "border")
 # the smallest input some models accept (SSD's anchors and VGG feature maps are laid out for 300 px)
-_MIN_SIZE = {"SSDHead": 300, "CornerHead": 256, "CentripetalHead": 256}
+_MIN_SIZE = {"SSDHead": 300}
+# image sizes the sweep tries: the next one when a model fails at the smaller one under mmdet's runner too
+_SWEEP_SIZES = (128, 256)
+_TOO_SMALL = ("smaller than", "too small", "greater than actual input size")
 
 
 def mmdet_configs_dir() -> Path:
@@ -315,7 +318,7 @@ def adapt_to_dataset(cfg: "Config", data_root: str | Path, classes: Sequence[str
     :func:`~mmdet_lightning.synthetic.make_shapes_dataset`): datasets become ``CocoDataset``s of ``classes``
     (wrappers such as ``RepeatDataset`` and ``MultiImageMixDataset`` kept, their pipelines kept), the heads
     predict ``len(classes)`` classes, evaluators are ``CocoMetric`` (``segm`` too for mask models), image
-    sizes are shrunk to ``max_side`` (SSD and CornerNet keep their minimum input size), at most 50
+    sizes are shrunk to ``max_side`` (SSD keeps its 300 px), at most 50
     detections and 500 pre-NMS boxes per image, pretrained weights and teacher checkpoints are dropped and
     ``SyncBN`` becomes ``BN`` (one process).
 
@@ -326,6 +329,8 @@ def adapt_to_dataset(cfg: "Config", data_root: str | Path, classes: Sequence[str
         (2, 'annotations/instances_train.json')
     """
     cfg = copy.deepcopy(cfg)
+    if not cfg.get("model"):
+        return cfg
     classes = tuple(classes)
     root = str(data_root).rstrip("/") + "/"
     _drop_pretrained(cfg)
@@ -378,10 +383,11 @@ def run_family(family: str, data_root: str | Path, work_dir: str | Path, iterati
     """Train ``family``'s representative config for ``iterations`` batches, validate and predict through
     ``pl.Trainer`` (the config's ``custom_hooks`` as callbacks) on the dataset at ``data_root``.
 
-    Returns a record ``{"family", "config", "status", "seconds", "reason", "loss", "predictions"}`` (``predictions``: images predicted) where
-    status is ``pass``, ``fail`` (mmdet's own runner trains the same adapted config), ``not-run`` (mmdet's
-    runner fails too on this machine: the reason is its error) or ``not-covered`` (a task this package
-    does not train: panoptic, tracking, grounding, semi-supervised).
+    Images are shrunk to 128 px, or 256 px when the model fails on smaller ones under mmdet's runner too.
+    Returns a record ``{"family", "config", "status", "seconds", "reason", "loss", "predictions", "max_side"}``
+    (``predictions``: images predicted) where status is ``pass``, ``fail`` (mmdet's own runner trains the same
+    adapted config), ``not-run`` (mmdet's runner fails too on this machine: the reason is its error) or
+    ``not-covered`` (a task this package does not train: panoptic, tracking, grounding, semi-supervised).
     """
     import math
     import time
@@ -394,6 +400,10 @@ def run_family(family: str, data_root: str | Path, work_dir: str | Path, iterati
     cfg = None
     try:
         cfg = _load_adapted(family, data_root)
+        if not cfg.get("model"):
+            record.update(status="not-run", reason="the folder holds dataset and schedule settings, no model")
+            record["seconds"] = round(time.perf_counter() - start, 1)
+            return record
         check_supported_task(cfg.model)
     except ValueError as err:
         if "mmdet-lightning trains object detection" in str(err):
@@ -403,36 +413,44 @@ def run_family(family: str, data_root: str | Path, work_dir: str | Path, iterati
         record.update(status="not-run", reason=_short(err))
     except Exception as err:  # noqa: BLE001  the config cannot even be loaded here (missing package, ...)
         record.update(status="not-run", reason=_short(err))
-    if cfg is not None:
+    for max_side in _SWEEP_SIZES if cfg is not None else ():
+        if max_side != _SWEEP_SIZES[0]:  # images too small for this model, for mmdet's runner too: larger ones
+            cfg = _load_adapted(family, data_root, max_side)
+        record.update(status="fail", max_side=max_side)
         try:
             loss, predictions = _train_validate_predict(cfg, Path(work_dir), iterations)
             record.update(loss=loss, predictions=predictions)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training loss is {loss}")
-            record.update(status="pass")
+            record.update(status="pass", reason="")
+            break
         except Exception as err:  # noqa: BLE001  recorded, then compared with mmdet's runner
             record["reason"] = _short(err)
-            if check_with_runner:
-                runner_error = _runner_error(cfg, Path(work_dir) / "runner")
-                if runner_error is not None:
-                    record.update(status="not-run", reason=f"mmdet's Runner fails too: {runner_error}")
+            if not check_with_runner:
+                break
+            runner_error = _runner_error(cfg, Path(work_dir) / "runner")
+            if runner_error is None:
+                break
+            record.update(status="not-run", reason=f"mmdet's Runner fails too: {runner_error}")
+            if not any(words in runner_error for words in _TOO_SMALL):
+                break
     record["seconds"] = round(time.perf_counter() - start, 1)
     return record
 
 
 def _short(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {err}".replace("\n", " ")
+    text = f"{type(err).__name__}: {err}".replace("\n", " ").split(", the current sys.path")[0]
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _load_adapted(family: str, data_root: str | Path) -> "Config":
+def _load_adapted(family: str, data_root: str | Path, max_side: int = 128) -> "Config":
     from mmengine.config import Config
 
     from .config import init_mmdet_scope
     from .synthetic import CLASSES
 
     init_mmdet_scope()
-    return adapt_to_dataset(Config.fromfile(str(family_config(family))), data_root, CLASSES)
+    return adapt_to_dataset(Config.fromfile(str(family_config(family))), data_root, CLASSES, max_side=max_side)
 
 
 def _train_validate_predict(cfg: "Config", work_dir: Path, iterations: int) -> tuple[float, int]:

@@ -17,7 +17,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +42,11 @@ def sweep(families: list[str], args: argparse.Namespace) -> None:
     data_root = make_shapes_dataset(work / "shapes", ShapesConfig(num_train=8, num_val=2, seed=0))
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    for family in families:
+    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS=threads)
+    lock = threading.Lock()
+
+    def run(family: str) -> None:
         command = [sys.executable, __file__, "--one", family, "--data-root", str(data_root),
                    "--work-dir", str(work / family), "--iterations", str(args.iterations)]
         start = time.perf_counter()
@@ -57,10 +62,14 @@ def sweep(families: list[str], args: argparse.Namespace) -> None:
             record = {"family": family, "status": "timeout", "reason": f"still running after {args.timeout} s"}
         record.setdefault("seconds", round(time.perf_counter() - start, 1))
         record.setdefault("config", _representative(family))
-        with results.open("a") as out:
-            out.write(json.dumps(record) + "\n")
-        print(f"{family:24s} {record['status']:12s} {record['seconds']:7.1f} s  {record.get('reason', '')[:150]}",
-              flush=True)
+        with lock:
+            with results.open("a") as out:
+                out.write(json.dumps(record) + "\n")
+            print(f"{family:24s} {record['status']:12s} {record['seconds']:7.1f} s  {record.get('reason', '')[:150]}",
+                  flush=True)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(run, families))
 
 
 def _representative(family: str) -> str:
@@ -88,7 +97,8 @@ def write_table(records: dict[str, dict[str, Any]], doc: Path, iterations: int) 
         "",
         "Written by `python tools/model_zoo_sweep.py` (do not edit by hand). For each config family (a folder of",
         "mmdet's `configs`), its representative config is adapted to the synthetic shapes dataset",
-        "(`mmdet_lightning.model_zoo.adapt_to_dataset`: 3 classes, images shrunk to at most 128 px, no pretrained",
+        "(`mmdet_lightning.model_zoo.adapt_to_dataset`: 3 classes, images shrunk to 128 px (256 when too small for",
+        "the model under mmdet's runner too), no pretrained",
         f"weights, SyncBN as BN) and trained for {iterations} iterations, validated and run in predict through",
         "`pl.Trainer`, with the config's `custom_hooks` as callbacks (`callbacks_from_config`), in a fresh process.",
         "",
@@ -117,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--families", nargs="*", help="families to run (default: all)")
     parser.add_argument("--timeout", type=int, default=180, help="seconds per family")
     parser.add_argument("--iterations", type=int, default=2, help="training iterations per family")
+    parser.add_argument("--jobs", type=int, default=1, help="families run at the same time (CPU threads are shared)")
     parser.add_argument("--work-dir", default=str(REPO / "work_dirs" / "model_zoo"))
     parser.add_argument("--results", default=str(REPO / "work_dirs" / "model_zoo" / "results.jsonl"))
     parser.add_argument("--doc", default=str(REPO / "docs" / "model_zoo.md"))

@@ -1,4 +1,4 @@
-"""mmdet's ``SyncNormHook`` as a Lightning callback: normalisation statistics averaged over processes before validation."""
+"""mmdet's ``SyncNormHook`` as a Lightning callback: BatchNorm statistics averaged over processes."""
 
 from __future__ import annotations
 
