@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_info
 
+from .callbacks.custom_hooks import callbacks_from_config
 from .callbacks.prediction_writer import DetectionWriter
 from .config import load_config
 from .datamodule import MMDetDataModule
@@ -47,8 +49,9 @@ class MMDetLightningCLI(LightningCLI):
     """``LightningCLI`` for :class:`MMDetModule` and :class:`MMDetDataModule`, which share the mmdet config.
 
     ``--model.config`` and ``--model.data_root`` also set the data module's; the optimizer and schedules come from the
-    mmdet config, so ``--optimizer`` / ``--lr_scheduler`` are not offered. ``predict`` writes COCO results
-    and drawn images with a :class:`DetectionWriter` (``<default_root_dir>/predictions`` unless one is
+    mmdet config, so ``--optimizer`` / ``--lr_scheduler`` are not offered; so do the config's ``custom_hooks``
+    (EMA, pipeline switches, ...: :func:`~mmdet_lightning.callbacks.callbacks_from_config`). ``predict`` writes
+    COCO results and drawn images with a :class:`DetectionWriter` (``<default_root_dir>/predictions`` unless one is
     configured).
 
     Example::
@@ -76,6 +79,19 @@ class MMDetLightningCLI(LightningCLI):
             )
         if subcommand == "fit" and ckpt_path and Path(str(ckpt_path)).is_file():
             _continue_wandb_run(self.config[subcommand].get("trainer"), str(ckpt_path))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The Trainer, with the mmdet config's ``custom_hooks`` as callbacks (``callbacks_from_config``),
+        placed before the checkpoint callbacks; a callback type the Trainer already has is not added twice."""
+        trainer = super().instantiate_trainer(**kwargs)
+        present = {type(callback) for callback in trainer.callbacks}
+        position = next((i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, Checkpoint)),
+                        len(trainer.callbacks))
+        added = [cb for cb in callbacks_from_config(self.model.cfg) if type(cb) not in present]
+        trainer.callbacks[position:position] = added
+        if added:
+            rank_zero_info("custom_hooks -> callbacks: " + ", ".join(type(cb).__name__ for cb in added))
+        return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.config", "data.config")

@@ -105,8 +105,10 @@ def check_supported_task(model_cfg: Mapping[str, Any]) -> None:
     """
     model_type = str(model_cfg.get("type", ""))
     task = _UNSUPPORTED_MODELS.get(model_type.split(".")[-1])
+    instance_only = (model_cfg.get("test_cfg") or {}).get("panoptic_on") is False  # Mask2Former for instances
     if task is None:
-        task = next((t for key, t in _UNSUPPORTED_KEYS.items() if key in model_cfg), None)
+        task = next((t for key, t in _UNSUPPORTED_KEYS.items()
+                     if key in model_cfg and not (instance_only and key.startswith("panoptic"))), None)
     if task is not None:
         raise ValueError(
             f"The config's model `{model_type}` is a {task} model; mmdet-lightning trains object detection and "

@@ -1,10 +1,16 @@
-"""Lightning callbacks that give W&B users what mmdet 2.x's MMDetWandbHook gave them."""
+"""Lightning callbacks: what mmdet 2.x's MMDetWandbHook gave W&B users, and mmdet's ``custom_hooks``."""
 
 from .checkpoint_artifacts import WandbCheckpointArtifacts
+from .custom_hooks import callbacks_from_config
+from .ema import ModelEMA
+from .find_unused_parameters import FindUnusedParameters
 from .metrics import WandbIntervalMetrics
+from .pipeline_switch import PipelineSwitch, YOLOXModeSwitch
 from .prediction_writer import DetectionWriter
+from .sync_norm import SyncNorm
 from .tables import WandbDetectionTables
 from .wandb_callback import MMDetWandbCallback
 
 __all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables",
-           "DetectionWriter"]
+           "DetectionWriter", "ModelEMA", "PipelineSwitch", "YOLOXModeSwitch", "SyncNorm", "FindUnusedParameters",
+           "callbacks_from_config"]

@@ -1,0 +1,71 @@
+"""mmdet's model zoo through MMDetModule: config adaptation, and a few fast families trained end to end
+(the whole sweep is tools/model_zoo_sweep.py, its table docs/model_zoo.md)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+
+from mmdet_lightning.model_zoo import REPRESENTATIVES, adapt_to_dataset, family_config, mmdet_configs_dir, run_family
+from mmdet_lightning.synthetic import CLASSES, ShapesConfig, make_shapes_dataset
+
+FAST_FAMILIES = ["yolox", "rtmdet", "solov2", "conditional_detr"]
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_shapes_dataset(tmp_path_factory.mktemp("zoo_shapes"), ShapesConfig(num_train=8, num_val=2, seed=0))
+
+
+def _types(node: object) -> list[str]:
+    found: list[str] = []
+    if isinstance(node, dict):
+        found.append(str(node.get("type", "")))
+        for child in node.values():
+            found.extend(_types(child))
+    elif isinstance(node, (list, tuple)):
+        for child in node:
+            found.extend(_types(child))
+    return found
+
+
+def test_every_family_has_an_existing_representative() -> None:
+    families = sorted(p.name for p in mmdet_configs_dir().iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    assert sorted(REPRESENTATIVES) == families
+    missing = [f for f in families if not family_config(f).is_file()]
+    assert not missing
+
+
+def test_adaptation_points_at_the_dataset_and_drops_pretrained_weights(tiny_shapes: Path) -> None:
+    cfg = adapt_to_dataset(Config.fromfile(str(family_config("mask2former"))), tiny_shapes, CLASSES)
+    head = cfg.model.panoptic_head
+    assert head.num_things_classes == 3 and head.num_stuff_classes == 0
+    assert head.loss_cls.class_weight == [1.0, 1.0, 1.0, 0.1]  # 3 classes + "no object", was 80 + 1
+    assert cfg.model.backbone.init_cfg is None
+    assert cfg.train_dataloader.dataset.type == "CocoDataset"
+    assert cfg.train_dataloader.dataset.data_root == str(tiny_shapes) + "/"
+    assert cfg.val_evaluator == dict(type="CocoMetric", ann_file=f"{tiny_shapes}/annotations/instances_val.json",
+                                     metric=["bbox", "segm"], backend_args=None)
+    sizes = [step["scale"] for step in cfg.train_dataloader.dataset.pipeline if "scale" in step]
+    assert sizes and max(max(s) for s in sizes) <= 128
+
+    resnest = adapt_to_dataset(Config.fromfile(str(family_config("resnest"))), tiny_shapes, CLASSES)
+    assert "SyncBN" not in _types(resnest.model.to_dict()) and "BN" in _types(resnest.model.to_dict())
+
+
+def test_task_we_do_not_cover_is_reported(tiny_shapes: Path, tmp_path: Path) -> None:
+    record = run_family("panoptic_fpn", tiny_shapes, tmp_path)
+    assert record["status"] == "not-covered"
+    assert "panoptic segmentation model" in record["reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAST_FAMILIES)
+def test_family_trains_validates_and_predicts(family: str, tiny_shapes: Path, tmp_path: Path) -> None:
+    record = run_family(family, tiny_shapes, tmp_path, check_with_runner=False)
+    assert record["status"] == "pass", record["reason"]
+    assert math.isfinite(record["loss"])
+    assert record["predictions"] == 2  # the two validation images

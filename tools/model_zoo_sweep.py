@@ -1,0 +1,157 @@
+"""Train every mmdet 3.3 config family's representative for a few iterations through MMDetModule.
+
+Each family runs in a fresh subprocess with a timeout (pretrained weights off, adapted to a small synthetic
+dataset, see ``mmdet_lightning.model_zoo``): a few training iterations, a validation and a predict under
+``pl.Trainer``. One JSON line per family goes to ``--results``; the table goes to ``docs/model_zoo.md``.
+
+    python tools/model_zoo_sweep.py                       # every family (an hour or more on 2 CPU cores)
+    python tools/model_zoo_sweep.py --families retinanet yolox --timeout 300
+    python tools/model_zoo_sweep.py --resume              # skip families already in the results file
+    python tools/model_zoo_sweep.py --table-only          # rewrite docs/model_zoo.md from the results file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+MARKER = "MODEL_ZOO_RESULT "
+STATUS_ORDER = {"pass": 0, "fail": 1, "timeout": 2, "not-run": 3, "not-covered": 4}
+
+
+def run_one(family: str, data_root: str, work_dir: str, iterations: int) -> None:
+    from mmdet_lightning.model_zoo import run_family
+
+    record = run_family(family, data_root, work_dir, iterations=iterations)
+    print(MARKER + json.dumps(record), flush=True)
+
+
+def sweep(families: list[str], args: argparse.Namespace) -> None:
+    from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
+
+    work = Path(args.work_dir)
+    data_root = make_shapes_dataset(work / "shapes", ShapesConfig(num_train=8, num_val=2, seed=0))
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS=threads)
+    lock = threading.Lock()
+
+    def run(family: str) -> None:
+        command = [sys.executable, __file__, "--one", family, "--data-root", str(data_root),
+                   "--work-dir", str(work / family), "--iterations", str(args.iterations)]
+        start = time.perf_counter()
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
+            lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
+            if lines:
+                record = json.loads(lines[-1][len(MARKER):])
+            else:
+                tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+                record = {"family": family, "status": "fail", "reason": f"crashed (exit {done.returncode}): {tail[0]}"}
+        except subprocess.TimeoutExpired:
+            record = {"family": family, "status": "timeout", "reason": f"still running after {args.timeout} s"}
+        record.setdefault("seconds", round(time.perf_counter() - start, 1))
+        record.setdefault("config", _representative(family))
+        with lock:
+            with results.open("a") as out:
+                out.write(json.dumps(record) + "\n")
+            print(f"{family:24s} {record['status']:12s} {record['seconds']:7.1f} s  {record.get('reason', '')[:150]}",
+                  flush=True)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(run, families))
+
+
+def _representative(family: str) -> str:
+    from mmdet_lightning.model_zoo import REPRESENTATIVES
+
+    return REPRESENTATIVES.get(family, "")
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """The latest record of each family in the results file."""
+    records: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                records[record["family"]] = record
+    return records
+
+
+def write_table(records: dict[str, dict[str, Any]], doc: Path, iterations: int) -> None:
+    rows = sorted(records.values(), key=lambda r: (STATUS_ORDER.get(r["status"], 9), r["family"]))
+    counts = {status: sum(r["status"] == status for r in rows) for status in STATUS_ORDER}
+    lines = [
+        "# mmdet 3.3 model zoo under MMDetModule",
+        "",
+        "Written by `python tools/model_zoo_sweep.py` (do not edit by hand). For each config family (a folder of",
+        "mmdet's `configs`), its representative config is adapted to the synthetic shapes dataset",
+        "(`mmdet_lightning.model_zoo.adapt_to_dataset`: 3 classes, images shrunk to 128 px (256 when too small for",
+        "the model under mmdet's runner too), no pretrained",
+        f"weights, SyncBN as BN) and trained for {iterations} iterations, validated and run in predict through",
+        "`pl.Trainer`, with the config's `custom_hooks` as callbacks (`callbacks_from_config`), in a fresh process.",
+        "",
+        "- **pass**: trained (finite loss), validated (COCO metrics) and predicted.",
+        "- **fail**: failed under MMDetModule although mmdet's own `Runner` trains the same adapted config.",
+        "- **not-run**: mmdet's own `Runner` cannot run the config on this machine either; the reason is its error.",
+        "- **not-covered**: a task this package does not train (panoptic, tracking, grounding, semi-supervised);",
+        "  `MMDetModule` refuses the config with this message.",
+        "- **timeout**: did not finish within the sweep's per-family time limit on 2 CPU cores.",
+        "",
+        f"{len(rows)} families: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]) + ".",
+        "",
+        "| family | config | status | seconds | reason |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        reason = str(r.get("reason", "")).replace("|", "\\|")
+        lines.append(f"| {r['family']} | `{r.get('config', '')}` | {r['status']} | {r.get('seconds', '')} | {reason} |")
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(lines) + "\n")
+    print(f"wrote {doc}: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--families", nargs="*", help="families to run (default: all)")
+    parser.add_argument("--timeout", type=int, default=180, help="seconds per family")
+    parser.add_argument("--iterations", type=int, default=2, help="training iterations per family")
+    parser.add_argument("--jobs", type=int, default=1, help="families run at the same time (CPU threads are shared)")
+    parser.add_argument("--work-dir", default=str(REPO / "work_dirs" / "model_zoo"))
+    parser.add_argument("--results", default=str(REPO / "work_dirs" / "model_zoo" / "results.jsonl"))
+    parser.add_argument("--doc", default=str(REPO / "docs" / "model_zoo.md"))
+    parser.add_argument("--resume", action="store_true", help="skip the families already in --results")
+    parser.add_argument("--table-only", action="store_true", help="only rewrite --doc from --results")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--data-root", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        run_one(args.one, args.data_root, args.work_dir, args.iterations)
+        return
+    from mmdet_lightning.model_zoo import REPRESENTATIVES
+
+    if not args.table_only:
+        families = args.families or sorted(REPRESENTATIVES)
+        unknown = sorted(set(families) - set(REPRESENTATIVES))
+        if unknown:
+            parser.error(f"unknown families {unknown}; expected some of {sorted(REPRESENTATIVES)}")
+        if args.resume:
+            done = read_results(Path(args.results))
+            families = [f for f in families if f not in done]
+        sweep(families, args)
+    write_table(read_results(Path(args.results)), Path(args.doc), args.iterations)
+
+
+if __name__ == "__main__":
+    main()
