@@ -27,6 +27,7 @@ SCRIPT = Path(__file__).with_name("fault_fit.py")
 
 def _fit(out: Path, data_root: Path, *args: str, **environ: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONWARNINGS": "ignore", **environ}
+    env.pop("WANDB_SERVICE", None)  # its own wandb service, as a separate job has (not this test process's)
     return subprocess.run([sys.executable, str(SCRIPT), str(out), str(data_root), *args], env=env,
                           capture_output=True, text=True, timeout=600)
 
