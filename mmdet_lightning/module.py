@@ -114,7 +114,8 @@ class MMDetModule(pl.LightningModule):
         self._checked_datasets: set[int] = set()
         self._epoch_schedulers_stepped = False
         self._sync_blocker = contextlib.ExitStack()
-        self._batch_end_pending: bool | None = None  # None: no batch yet; bool: the step's last batch of the epoch
+        # between training_step and on_train_batch_end: whether that batch ends the epoch; None otherwise
+        self._batch_end_pending: bool | None = None
         self._resumed_state: dict[str, Any] | None = None
         #: whether training scalars go to the loggers every step (a metrics callback that logs interval
         #: averages turns this off, so nothing is logged twice); the progress bar shows the loss either way

@@ -39,7 +39,7 @@ import torch
 from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from torch.utils.data import DataLoader
 
-__all__ = ["ResumableBatchSampler", "with_resumable_batches", "message_hub_state", "load_message_hub_state"]
+__all__ = ["ResumableBatchSampler", "ResumableDataLoader", "with_resumable_batches", "message_hub_state", "load_message_hub_state"]
 
 
 class ResumableBatchSampler:
@@ -114,6 +114,18 @@ def _restore_rng(state: dict[str, Any], new_epoch: bool) -> None:
         torch.empty((), dtype=torch.int64).random_()
 
 
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a :class:`ResumableBatchSampler`. Its ``state_dict`` makes Lightning see it as
+    resumable (no warning on a mid-epoch resume); the position itself is saved and restored by
+    ``MMDetDataModule``, whose state Lightning loads before the loader's iterator exists."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches_done": getattr(self.batch_sampler, "batches_done", 0)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass  # see the class docstring
+
+
 def with_resumable_batches(loader: DataLoader) -> DataLoader:
     """The same DataLoader, its batch sampler wrapped in a :class:`ResumableBatchSampler`."""
     if isinstance(loader.batch_sampler, ResumableBatchSampler) or loader.batch_sampler is None:
@@ -125,7 +137,7 @@ def with_resumable_batches(loader: DataLoader) -> DataLoader:
     )
     if loader.num_workers > 0:
         kwargs["prefetch_factor"] = loader.prefetch_factor
-    return DataLoader(loader.dataset, batch_sampler=ResumableBatchSampler(loader.batch_sampler), **kwargs)
+    return ResumableDataLoader(loader.dataset, batch_sampler=ResumableBatchSampler(loader.batch_sampler), **kwargs)
 
 
 def _plain(value: Any) -> Any:

@@ -87,8 +87,7 @@ def main() -> None:
     if args.wandb:
         from pytorch_lightning.loggers import WandbLogger
 
-        from mmdet_lightning.callbacks import MMDetWandbCallback
-        from mmdet_lightning.callbacks._wandb import wandb_run_id
+        from mmdet_lightning.callbacks import MMDetWandbCallback, wandb_run_id
 
         run_id = wandb_run_id(args.resume) if args.resume else None
         if args.online:

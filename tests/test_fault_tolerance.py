@@ -27,6 +27,7 @@ SCRIPT = Path(__file__).with_name("fault_fit.py")
 
 def _fit(out: Path, data_root: Path, *args: str, **environ: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONWARNINGS": "ignore", **environ}
+    env.pop("WANDB_SERVICE", None)  # its own wandb service, as a separate job has (not this test process's)
     return subprocess.run([sys.executable, str(SCRIPT), str(out), str(data_root), *args], env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -137,3 +138,21 @@ def test_unreachable_wandb_server_training_goes_on_offline(small_shapes: Path, t
     records = read_records(find_run_file(out))  # everything is in the offline run, for `wandb sync`
     assert _model_files(records) == [f"iter_{step}.ckpt" for step in (2, 4, 6, 8, 10, 12)]
     assert any(r.WhichOneof("record_type") == "exit" for r in records)
+
+
+def test_cli_fit_ckpt_path_continues_the_wandb_run_of_the_checkpoint(tmp_path: Path) -> None:
+    from jsonargparse import Namespace
+
+    from mmdet_lightning.callbacks import wandb_run_id
+    from mmdet_lightning.cli import _continue_wandb_run
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"callbacks": {"MMDetWandbCallback": {"run_id": "abc123", "WandbIntervalMetrics": {}}}}, ckpt)
+    assert wandb_run_id(ckpt) == "abc123"
+    logger = Namespace(class_path="mmdet_lightning.wandb_logger.ResilientWandbLogger",
+                       init_args=Namespace(id=None, version=None, project="p"))
+    _continue_wandb_run(Namespace(logger=logger), str(ckpt))
+    assert logger.init_args.id == "abc123"
+    given = Namespace(class_path="pytorch_lightning.loggers.WandbLogger", init_args=Namespace(id="mine", version=None))
+    _continue_wandb_run(Namespace(logger=[given]), str(ckpt))
+    assert given.init_args.id == "mine"  # an id given on the command line wins

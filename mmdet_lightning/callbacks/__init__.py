@@ -1,5 +1,6 @@
 """Lightning callbacks: what mmdet 2.x's MMDetWandbHook gave W&B users, and mmdet's ``custom_hooks``."""
 
+from ._wandb import wandb_run_id
 from .checkpoint_artifacts import WandbCheckpointArtifacts
 from .custom_hooks import callbacks_from_config
 from .ema import ModelEMA
@@ -13,4 +14,4 @@ from .wandb_callback import MMDetWandbCallback
 
 __all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables",
            "DetectionWriter", "ModelEMA", "PipelineSwitch", "YOLOXModeSwitch", "SyncNorm", "FindUnusedParameters",
-           "callbacks_from_config"]
+           "callbacks_from_config", "wandb_run_id"]

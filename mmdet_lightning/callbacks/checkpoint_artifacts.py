@@ -158,6 +158,8 @@ class WandbCheckpointArtifacts(Callback):
             warn_if_other_run(self._logger, self.run_id)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not hasattr(self, "_logger"):  # the exception came before setup
+            return
         self._exception = exception
         if self._watcher is None or self._watcher not in trainer.loggers:  # no finalize call will come
             self._after_exception()

@@ -6,7 +6,7 @@ from typing import Any
 
 from pytorch_lightning.callbacks import Callback
 
-from ._wandb import check_non_negative_int, check_unit_interval, find_wandb_logger, finish_run
+from ._wandb import check_non_negative_int, check_unit_interval, finish_run
 from .checkpoint_artifacts import WandbCheckpointArtifacts
 from .metrics import WandbIntervalMetrics
 from .tables import WandbDetectionTables
@@ -66,9 +66,9 @@ class MMDetWandbCallback(Callback):
         last upload), finishes the W&B run on SIGTERM / KeyboardInterrupt so that everything logged is kept."""
         for part in self.parts:
             part.on_exception(trainer, pl_module, exception)
-        if isinstance(exception, (SystemExit, KeyboardInterrupt)) and not any(
+        if isinstance(exception, (SystemExit, KeyboardInterrupt)) and hasattr(self.parts[0], "_logger") and not any(
                 isinstance(part, WandbCheckpointArtifacts) for part in self.parts):
-            finish_run(find_wandb_logger(trainer, type(self).__name__), exit_code=1)
+            finish_run(self.parts[0]._logger, exit_code=1)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {type(part).__name__: part.state_dict() for part in self.parts}
