@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -54,16 +55,25 @@ def _payloads(data: bytes) -> Iterator[bytes]:
             parts = []
 
 
-def read_records(path: str | os.PathLike) -> list["Record"]:
-    """All records of a ``.wandb`` transaction log, in order."""
+def read_records(path: str | os.PathLike, finished_within: float = 30.0) -> list["Record"]:
+    """All records of a ``.wandb`` transaction log, in order.
+
+    wandb's service writes the log behind the run, so right after ``wandb.finish()`` its end may not be on
+    disk yet: the log is read again until it holds the run's ``exit`` record or ``finished_within`` seconds
+    have passed (pass 0 for a run that was killed and will never finish).
+    """
     from wandb.proto import wandb_internal_pb2
 
-    records = []
-    for payload in _payloads(Path(path).read_bytes()):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(payload)
-        records.append(record)
-    return records
+    deadline = time.monotonic() + finished_within
+    while True:
+        records = []
+        for payload in _payloads(Path(path).read_bytes()):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(payload)
+            records.append(record)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() >= deadline:
+            return records
+        time.sleep(0.2)
 
 
 def find_run_file(wandb_dir: str | os.PathLike) -> Path:
