@@ -259,7 +259,7 @@ def _has_masks(cfg: "Config") -> bool:
 def _drop_pretrained(cfg: "Config") -> None:
     def visit(node: dict) -> None:
         init_cfg = node.get("init_cfg")
-        if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained":
+        if isinstance(init_cfg, dict) and (init_cfg.get("type") == "Pretrained" or "checkpoint" in init_cfg):
             node["init_cfg"] = None
         if isinstance(node.get("pretrained"), (str, bool)) and node.get("pretrained"):
             node["pretrained"] = None if isinstance(node["pretrained"], str) else False
@@ -279,7 +279,7 @@ def _set_num_classes(cfg: "Config", num_classes: int) -> None:
     def visit(node: dict) -> None:
         old = None
         for key in ("num_classes", "num_things_classes"):
-            if isinstance(node.get(key), int) and node[key] > 1 and "rpn" not in str(node.get("type", "")).lower():
+            if isinstance(node.get(key), int) and node[key] >= 1 and "rpn" not in str(node.get("type", "")).lower():
                 old = node[key]
                 node[key] = num_classes
 
