@@ -148,7 +148,7 @@ _SIZE_KEYS = ("scale", "img_scale", "scales", "crop_size", "size", "random_size_
 _MIN_SIZE = {"SSDHead": 300}
 # image sizes the sweep tries: the next one when a model fails at the smaller one under mmdet's runner too
 # (unless the runner's error is a missing package or a CUDA-only op)
-_SWEEP_SIZES = (128, 256)
+_SWEEP_SIZES = (128, 256, 512)
 _NOT_ABOUT_SIZE = ("not installed", "No module named", "Failed to import", "implementation for device")
 
 
@@ -391,8 +391,8 @@ def run_family(family: str, data_root: str | Path, work_dir: str | Path, iterati
     """Train ``family``'s representative config for ``iterations`` batches, validate and predict through
     ``pl.Trainer`` (the config's ``custom_hooks`` as callbacks) on the dataset at ``data_root``.
 
-    Images are shrunk to 128 px, or 256 px when the model fails on smaller ones under mmdet's runner too
-    (for a reason other than a missing package or a CUDA-only op).
+    Images are shrunk to 128 px, then 256 and 512 px while the model fails on smaller ones under mmdet's
+    runner too (for a reason other than a missing package or a CUDA-only op).
     Returns a record ``{"family", "config", "status", "seconds", "reason", "loss", "predictions", "max_side"}``
     (``predictions``: images predicted) where status is ``pass``, ``fail`` (mmdet's own runner trains the same
     adapted config), ``not-run`` (mmdet's runner fails too on this machine: the reason is its error) or

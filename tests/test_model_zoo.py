@@ -71,6 +71,7 @@ def test_family_trains_validates_and_predicts(family: str, tiny_shapes: Path, tm
     assert record["predictions"] == 2  # the two validation images
 
 
+@pytest.mark.slow
 def test_norm_eval_backbone_keeps_its_batchnorm_statistics(shapes_config: object, tmp_path: Path) -> None:
     """Model-zoo backbones freeze BatchNorm with `norm_eval=True`, applied by `ResNet.train()`, which mmengine's
     train loop calls every epoch and Lightning does not: MMDetModule must."""
