@@ -312,6 +312,8 @@ def _cap_detections(cfg: "Config", max_per_img: int, nms_pre: int) -> None:
             if isinstance(node.get(key), int) and node[key] > cap:
                 node[key] = cap
 
+    if "num_proposals" in str(cfg.model.get("rpn_head")):  # Sparse R-CNN, QueryInst: one detection per query
+        return
     _walk(cfg.model.get("train_cfg"), visit)
     _walk(cfg.model.get("test_cfg"), visit)
 
