@@ -239,3 +239,17 @@ def test_yolox_mode_switch_matches_mmengine_runner(tmp_path: Path) -> None:
     assert module.model.bbox_head.use_l1 and runner.model.bbox_head.use_l1
     assert trainer.train_dataloader.dataset._skip_type_keys == ("Mosaic", "RandomAffine", "MixUp")
     _assert_states_close(_ema(trainer).ema_model.state_dict(), runner_ema.state_dict())
+
+
+def test_cli_adds_the_configs_custom_hooks_as_callbacks(tmp_path: Path) -> None:
+    from mmdet_lightning.cli import MMDetLightningCLI
+
+    config = tmp_path / "rtmdet_ema.py"
+    config.write_text(f"_base_ = [{str(Path(__file__).parents[1] / 'configs/mmdet/shapes_rtmdet.py')!r}]\n"
+                      f"custom_hooks = [{EMA_HOOK!r}]\n")
+    cli = MMDetLightningCLI(args=["--model.config", str(config), "--trainer.logger", "false",
+                                  "--trainer.default_root_dir", str(tmp_path)], run=False)
+    emas = [cb for cb in cli.trainer.callbacks if isinstance(cb, ModelEMA)]
+    assert len(emas) == 1 and emas[0].ema_cfg["type"] == "ExpMomentumEMA" and emas[0].begin_iter == 3
+    names = [type(cb).__name__ for cb in cli.trainer.callbacks]
+    assert names.index("ModelEMA") < names.index("ModelCheckpoint")
