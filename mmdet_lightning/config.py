@@ -27,6 +27,9 @@ _UNSUPPORTED_MODELS: dict[str, str] = {
     "SoftTeacher": "semi-supervised detection",
     "GLIP": "grounding (open-vocabulary) detection",
     "GroundingDINO": "grounding (open-vocabulary) detection",
+    "Mask2FormerVideo": "video instance segmentation",
+    "MaskTrackRCNN": "video instance segmentation",
+    "BaseReID": "re-identification (tracking)",
 }
 _UNSUPPORTED_KEYS: dict[str, str] = {
     "panoptic_head": "panoptic segmentation",
@@ -34,7 +37,6 @@ _UNSUPPORTED_KEYS: dict[str, str] = {
     "semi_train_cfg": "semi-supervised detection",
     "language_model": "grounding (open-vocabulary) detection",
     "tracker": "tracking",
-    "detector": "tracking",
 }
 
 

@@ -147,8 +147,9 @@ _SIZE_KEYS = ("scale", "img_scale", "scales", "crop_size", "size", "random_size_
 # the smallest input some models accept (SSD's anchors and VGG feature maps are laid out for 300 px)
 _MIN_SIZE = {"SSDHead": 300}
 # image sizes the sweep tries: the next one when a model fails at the smaller one under mmdet's runner too
-_SWEEP_SIZES = (128, 256)
-_TOO_SMALL = ("smaller than", "too small", "greater than actual input size")
+# (unless the runner's error is a missing package or a CUDA-only op)
+_SWEEP_SIZES = (128, 256, 512)
+_NOT_ABOUT_SIZE = ("not installed", "No module named", "Failed to import", "implementation for device")
 
 
 def mmdet_configs_dir() -> Path:
@@ -258,12 +259,15 @@ def _has_masks(cfg: "Config") -> bool:
 def _drop_pretrained(cfg: "Config") -> None:
     def visit(node: dict) -> None:
         init_cfg = node.get("init_cfg")
-        if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained":
+        if isinstance(init_cfg, dict) and (init_cfg.get("type") == "Pretrained" or "checkpoint" in init_cfg):
             node["init_cfg"] = None
         if isinstance(node.get("pretrained"), (str, bool)) and node.get("pretrained"):
             node["pretrained"] = None if isinstance(node["pretrained"], str) else False
         if node.get("teacher_ckpt"):
             node["teacher_ckpt"] = None
+        teacher = node.get("teacher_config")
+        if isinstance(teacher, str) and teacher.startswith("configs/"):  # relative to mmdet's repository
+            node["teacher_config"] = str(mmdet_configs_dir().parent / teacher)
 
     _walk(cfg.model, visit)
     cfg.load_from = None
@@ -275,7 +279,7 @@ def _set_num_classes(cfg: "Config", num_classes: int) -> None:
     def visit(node: dict) -> None:
         old = None
         for key in ("num_classes", "num_things_classes"):
-            if isinstance(node.get(key), int) and node[key] > 1 and "rpn" not in str(node.get("type", "")).lower():
+            if isinstance(node.get(key), int) and node[key] >= 1 and "rpn" not in str(node.get("type", "")).lower():
                 old = node[key]
                 node[key] = num_classes
 
@@ -308,6 +312,8 @@ def _cap_detections(cfg: "Config", max_per_img: int, nms_pre: int) -> None:
             if isinstance(node.get(key), int) and node[key] > cap:
                 node[key] = cap
 
+    if "num_proposals" in str(cfg.model.get("rpn_head")):  # Sparse R-CNN, QueryInst: one detection per query
+        return
     _walk(cfg.model.get("train_cfg"), visit)
     _walk(cfg.model.get("test_cfg"), visit)
 
@@ -318,9 +324,10 @@ def adapt_to_dataset(cfg: "Config", data_root: str | Path, classes: Sequence[str
     :func:`~mmdet_lightning.synthetic.make_shapes_dataset`): datasets become ``CocoDataset``s of ``classes``
     (wrappers such as ``RepeatDataset`` and ``MultiImageMixDataset`` kept, their pipelines kept), the heads
     predict ``len(classes)`` classes, evaluators are ``CocoMetric`` (``segm`` too for mask models), image
-    sizes are shrunk to ``max_side`` (SSD keeps its 300 px), at most 50
-    detections and 500 pre-NMS boxes per image, pretrained weights and teacher checkpoints are dropped and
-    ``SyncBN`` becomes ``BN`` (one process).
+    sizes are shrunk to ``max_side`` (SSD keeps its 300 px), at most 50 detections and 500 pre-NMS boxes
+    per image, pretrained weights and teacher checkpoints are dropped (teacher configs are found in mmdet's
+    package), ``SyncBN`` becomes ``BN`` (one process) and ``AmpOptimWrapper`` a plain ``OptimWrapper``
+    (CUDA only; precision is the Trainer's here).
 
     Example::
         >>> from mmengine.config import Config
@@ -337,6 +344,9 @@ def adapt_to_dataset(cfg: "Config", data_root: str | Path, classes: Sequence[str
     _set_num_classes(cfg, len(classes))
     _set_syncbn_to_bn(cfg)
     _cap_detections(cfg, max_per_img=50, nms_pre=500)
+    if (cfg.get("optim_wrapper") or {}).get("type") == "AmpOptimWrapper":  # CUDA only; the Trainer's precision here
+        cfg.optim_wrapper.type = "OptimWrapper"
+        cfg.optim_wrapper.pop("loss_scale", None)
     heads = [type_ for type_ in _types(cfg.model) if type_ in _MIN_SIZE]
     shrink_image_sizes(cfg, max(max_side, *(_MIN_SIZE[t] for t in heads)) if heads else max_side)
     with_mask = _has_masks(cfg)
@@ -383,7 +393,8 @@ def run_family(family: str, data_root: str | Path, work_dir: str | Path, iterati
     """Train ``family``'s representative config for ``iterations`` batches, validate and predict through
     ``pl.Trainer`` (the config's ``custom_hooks`` as callbacks) on the dataset at ``data_root``.
 
-    Images are shrunk to 128 px, or 256 px when the model fails on smaller ones under mmdet's runner too.
+    Images are shrunk to 128 px, then 256 and 512 px while the model fails on smaller ones under mmdet's
+    runner too (for a reason other than a missing package or a CUDA-only op).
     Returns a record ``{"family", "config", "status", "seconds", "reason", "loss", "predictions", "max_side"}``
     (``predictions``: images predicted) where status is ``pass``, ``fail`` (mmdet's own runner trains the same
     adapted config), ``not-run`` (mmdet's runner fails too on this machine: the reason is its error) or
@@ -431,8 +442,9 @@ def run_family(family: str, data_root: str | Path, work_dir: str | Path, iterati
             runner_error = _runner_error(cfg, Path(work_dir) / "runner")
             if runner_error is None:
                 break
-            record.update(status="not-run", reason=f"mmdet's Runner fails too: {runner_error}")
-            if not any(words in runner_error for words in _TOO_SMALL):
+            record.update(status="not-run", reason=f"mmdet's Runner fails too: {runner_error}",
+                          module_error=record["reason"])
+            if any(words in runner_error for words in _NOT_ABOUT_SIZE):
                 break
     record["seconds"] = round(time.perf_counter() - start, 1)
     return record

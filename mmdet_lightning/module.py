@@ -298,6 +298,9 @@ class MMDetModule(pl.LightningModule):
 
         MessageHub.get_current_instance().update_info("epoch", self.current_epoch)
         self._epoch_schedulers_stepped = False
+        # mmengine's train loop calls model.train() each epoch; Lightning keeps the modules' modes instead, so
+        # without this, backbones' `norm_eval` (BatchNorm frozen, e.g. ResNet.train) would never apply
+        self.model.train()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         from mmengine.logging import MessageHub

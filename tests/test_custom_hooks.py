@@ -202,3 +202,54 @@ def test_pipeline_switch_matches_mmengine_runner(shapes_config: Any, tmp_path: P
             assert torch.equal(a, b), f"iteration {step}"
     assert all(img.shape[-2:] == (96, 96) for batch in ours.batches[per_epoch:] for img in batch)
     assert not any(img.shape[-2:] == (96, 96) for batch in ours.batches[:per_epoch] for img in batch)
+
+
+@pytest.mark.slow
+def test_yolox_mode_switch_matches_mmengine_runner(tmp_path: Path) -> None:
+    """mmdet's YOLOX-s config (YOLOXModeSwitchHook, SyncNormHook, EMAHook with ExpMomentumEMA) on the synthetic
+    data: the same Mosaic/MixUp batches, then the same plain ones after the switch, the L1 loss turned on,
+    and the same averaged weights as mmengine's runner."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from mmdet_lightning.model_zoo import adapt_to_dataset, family_config
+    from mmdet_lightning.synthetic import CLASSES, ShapesConfig, make_shapes_dataset
+
+    root = make_shapes_dataset(tmp_path / "shapes", ShapesConfig(num_train=8, num_val=2, seed=0))
+    cfg = adapt_to_dataset(Config.fromfile(str(family_config("yolox"))), root, CLASSES)
+    cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=EPOCHS, val_interval=EPOCHS + 1)
+    cfg.custom_hooks[0].num_last_epochs = 0  # the switch comes at the second (last) epoch
+    cfg.randomness = dict(seed=0)
+    cfg.work_dir = str(tmp_path / "runner")
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=-1)
+    cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
+    runner = Runner.from_cfg(copy.deepcopy(cfg))
+    runner_batches = RunnerBatches()
+    runner.register_hook(runner_batches, priority="VERY_LOW")
+    runner.train()
+    runner_ema = next(h for h in runner.hooks if type(h).__name__ == "EMAHook").ema_model
+
+    ours = TrainerBatches()
+    trainer, module = _fit(cfg, tmp_path, extra=[ours], check_val_every_n_epoch=EPOCHS + 1)
+    assert [type(cb).__name__ for cb in trainer.callbacks[:3]] == ["YOLOXModeSwitch", "SyncNorm", "ModelEMA"]
+    assert len(ours.batches) == len(runner_batches.batches) == EPOCHS * trainer.num_training_batches
+    for step, (mine, theirs) in enumerate(zip(ours.batches, runner_batches.batches)):
+        for a, b in zip(mine, theirs):
+            assert torch.equal(a, b), f"iteration {step}"
+    assert module.model.bbox_head.use_l1 and runner.model.bbox_head.use_l1
+    assert trainer.train_dataloader.dataset._skip_type_keys == ("Mosaic", "RandomAffine", "MixUp")
+    _assert_states_close(_ema(trainer).ema_model.state_dict(), runner_ema.state_dict())
+
+
+def test_cli_adds_the_configs_custom_hooks_as_callbacks(tmp_path: Path) -> None:
+    from mmdet_lightning.cli import MMDetLightningCLI
+
+    config = tmp_path / "rtmdet_ema.py"
+    config.write_text(f"_base_ = [{str(Path(__file__).parents[1] / 'configs/mmdet/shapes_rtmdet.py')!r}]\n"
+                      f"custom_hooks = [{EMA_HOOK!r}]\n")
+    cli = MMDetLightningCLI(args=["--model.config", str(config), "--trainer.logger", "false",
+                                  "--trainer.default_root_dir", str(tmp_path)], run=False)
+    emas = [cb for cb in cli.trainer.callbacks if isinstance(cb, ModelEMA)]
+    assert len(emas) == 1 and emas[0].ema_cfg["type"] == "ExpMomentumEMA" and emas[0].begin_iter == 3
+    names = [type(cb).__name__ for cb in cli.trainer.callbacks]
+    assert names.index("ModelEMA") < names.index("ModelCheckpoint")

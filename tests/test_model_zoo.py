@@ -12,7 +12,7 @@ from mmengine.config import Config
 from mmdet_lightning.model_zoo import REPRESENTATIVES, adapt_to_dataset, family_config, mmdet_configs_dir, run_family
 from mmdet_lightning.synthetic import CLASSES, ShapesConfig, make_shapes_dataset
 
-FAST_FAMILIES = ["yolox", "rtmdet", "solov2", "conditional_detr"]
+FAST_FAMILIES = ["yolox", "rtmdet", "detr", "condinst"]  # custom hooks, transformer, instance masks
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +69,26 @@ def test_family_trains_validates_and_predicts(family: str, tiny_shapes: Path, tm
     assert record["status"] == "pass", record["reason"]
     assert math.isfinite(record["loss"])
     assert record["predictions"] == 2  # the two validation images
+
+
+@pytest.mark.slow
+def test_norm_eval_backbone_keeps_its_batchnorm_statistics(shapes_config: object, tmp_path: Path) -> None:
+    """Model-zoo backbones freeze BatchNorm with `norm_eval=True`, applied by `ResNet.train()`, which mmengine's
+    train loop calls every epoch and Lightning does not: MMDetModule must."""
+    import pytorch_lightning as pl
+    import torch
+
+    from mmdet_lightning import MMDetDataModule, MMDetModule
+
+    cfg = shapes_config("shapes_faster_rcnn.py")
+    cfg.model.backbone.update(norm_eval=True, frozen_stages=1)
+    module = MMDetModule(cfg)
+    before = {k: v.clone() for k, v in module.model.backbone.state_dict().items() if "running" in k}
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=MMDetDataModule(cfg))
+    after = module.model.backbone.state_dict()
+    assert before and all(torch.equal(after[k], v) for k, v in before.items())
+    norms = [m for m in module.model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms)
+    assert module.model.neck.training  # the rest trains

@@ -97,8 +97,8 @@ def write_table(records: dict[str, dict[str, Any]], doc: Path, iterations: int) 
         "",
         "Written by `python tools/model_zoo_sweep.py` (do not edit by hand). For each config family (a folder of",
         "mmdet's `configs`), its representative config is adapted to the synthetic shapes dataset",
-        "(`mmdet_lightning.model_zoo.adapt_to_dataset`: 3 classes, images shrunk to 128 px (256 when too small for",
-        "the model under mmdet's runner too), no pretrained",
+        "(`mmdet_lightning.model_zoo.adapt_to_dataset`: 3 classes, images shrunk to 128 px (256, then 512 when",
+        "too small for the model under mmdet's runner too), no pretrained",
         f"weights, SyncBN as BN) and trained for {iterations} iterations, validated and run in predict through",
         "`pl.Trainer`, with the config's `custom_hooks` as callbacks (`callbacks_from_config`), in a fresh process.",
         "",
@@ -111,12 +111,14 @@ def write_table(records: dict[str, dict[str, Any]], doc: Path, iterations: int) 
         "",
         f"{len(rows)} families: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]) + ".",
         "",
-        "| family | config | status | seconds | reason |",
-        "|---|---|---|---|---|",
+        "| family | config | status | image px | seconds | reason |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         reason = str(r.get("reason", "")).replace("|", "\\|")
-        lines.append(f"| {r['family']} | `{r.get('config', '')}` | {r['status']} | {r.get('seconds', '')} | {reason} |")
+        side = r.get("max_side", 128) if r["status"] in ("pass", "fail") else ""  # 128: the first size tried
+        lines.append(f"| {r['family']} | `{r.get('config', '')}` | {r['status']} | {side} "
+                     f"| {r.get('seconds', '')} | {reason} |")
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(lines) + "\n")
     print(f"wrote {doc}: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]))
