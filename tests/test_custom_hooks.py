@@ -13,7 +13,7 @@ from mmengine.hooks import Hook
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
-from mmdet_lightning.callbacks import (FindUnusedParameters, ModelEMA, PipelineSwitch, SyncNorm, YOLOXModeSwitch,
+from mmdet_lightning.callbacks import (ModelEMA, PipelineSwitch, SyncNorm, YOLOXModeSwitch,
                                        callbacks_from_config)
 
 EPOCHS = 2
@@ -70,7 +70,7 @@ def test_callbacks_from_config_maps_hooks_in_priority_order() -> None:
         dict(type="NumClassCheckHook"),
     ])
     callbacks = callbacks_from_config(cfg)
-    assert [type(cb) for cb in callbacks] == [YOLOXModeSwitch, SyncNorm, ModelEMA, PipelineSwitch, FindUnusedParameters]
+    assert [type(cb) for cb in callbacks] == [YOLOXModeSwitch, SyncNorm, ModelEMA, PipelineSwitch]
     ema = callbacks[2]
     assert ema.ema_cfg == dict(type="ExpMomentumEMA", momentum=0.0001, update_buffers=True)
     assert callbacks[0].num_last_epochs == 15 and callbacks[3].switch_epoch == 280

@@ -4,7 +4,6 @@ from ._wandb import wandb_run_id
 from .checkpoint_artifacts import WandbCheckpointArtifacts
 from .custom_hooks import callbacks_from_config
 from .ema import ModelEMA
-from .find_unused_parameters import FindUnusedParameters
 from .metrics import WandbIntervalMetrics
 from .pipeline_switch import PipelineSwitch, YOLOXModeSwitch
 from .prediction_writer import DetectionWriter
@@ -13,5 +12,5 @@ from .tables import WandbDetectionTables
 from .wandb_callback import MMDetWandbCallback
 
 __all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables",
-           "DetectionWriter", "ModelEMA", "PipelineSwitch", "YOLOXModeSwitch", "SyncNorm", "FindUnusedParameters",
+           "DetectionWriter", "ModelEMA", "PipelineSwitch", "YOLOXModeSwitch", "SyncNorm",
            "callbacks_from_config", "wandb_run_id"]

@@ -9,7 +9,6 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from .ema import ModelEMA
-from .find_unused_parameters import FindUnusedParameters
 from .pipeline_switch import PipelineSwitch, YOLOXModeSwitch
 from .sync_norm import SyncNorm
 
@@ -24,7 +23,7 @@ HOOK_CALLBACKS: dict[str, Callable[..., pl.Callback]] = {
 }
 #: hook types whose job is already done without a callback, and by what
 COVERED_HOOKS: dict[str, str] = {
-    "CheckInvalidLossHook": "MMDetModule's own finite-loss check in training_step",
+    "CheckInvalidLossHook": "MMDetModule's finite-loss check before each backward (MMDetModule(invalid_loss='raise'|'skip'))",
     "NumClassCheckHook": "MMDetModule's class-count check (heads vs dataset classes) at the start of each stage",
     "SyncBuffersHook": "Lightning's DDP (broadcast_buffers) and MMDetModule validating with rank 0's buffers",
 }
@@ -32,8 +31,8 @@ COVERED_HOOKS: dict[str, str] = {
 
 def callbacks_from_config(cfg: Mapping[str, Any]) -> list[pl.Callback]:
     """Callbacks that do under ``pl.Trainer`` what the config's ``custom_hooks`` do under mmengine's runner,
-    in the hooks' priority order, plus :class:`FindUnusedParameters` when the config sets
-    ``find_unused_parameters=True``. Hooks covered by the module itself are named in an info line; a hook
+    in the hooks' priority order (the config's ``find_unused_parameters`` is read by ``MMDetModule.setup``).
+    Hooks covered by the module itself are named in an info line; a hook
     type with no Lightning counterpart is a warning naming it (its effect is missing).
 
     Example::
@@ -63,7 +62,4 @@ def callbacks_from_config(cfg: Mapping[str, Any]) -> list[pl.Callback]:
             f"Lightning counterpart and will not run. Known hooks: {sorted([*HOOK_CALLBACKS, *COVERED_HOOKS])}.\n"
             "Hint: write a pl.Callback that does the same and pass it to the Trainer."
         )
-    callbacks = [callback for _, callback in sorted(found, key=lambda item: item[0])]
-    if cfg.get("find_unused_parameters"):
-        callbacks.append(FindUnusedParameters())
-    return callbacks
+    return [callback for _, callback in sorted(found, key=lambda item: item[0])]
