@@ -17,6 +17,8 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
+from .callbacks._wandb import flush_transaction_log_often
+
 __all__ = ["ResilientWandbLogger", "wandb_credentials"]
 
 
@@ -48,6 +50,7 @@ class ResilientWandbLogger(WandbLogger):
         if self._no_credentials:
             kwargs["offline"] = True
         super().__init__(*args, **kwargs)
+        flush_transaction_log_often()
         self._fell_back = False
 
     @property

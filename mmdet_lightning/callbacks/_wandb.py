@@ -33,6 +33,27 @@ def find_wandb_logger(trainer: "pl.Trainer", owner: str) -> "WandbLogger":
     )
 
 
+#: seconds between flushes of a run's ``.wandb`` transaction log (wandb's default, 15 s, loses what was logged in
+#: the last 15 s when the process is killed: a whole short run, its checkpoint artifacts included)
+TRANSACTION_LOG_FLUSH_INTERVAL = 1.0
+_flush_default_set = False
+
+
+def flush_transaction_log_often() -> None:
+    """Make the W&B runs that this process starts from now on write their transaction log to disk every second
+    (``wandb.setup`` defaults; a run's own ``settings`` still win), so that a killed training process loses at
+    most a second of what it logged. Called by the W&B callbacks' constructors, which run before Lightning starts
+    the logger's run."""
+    global _flush_default_set
+    if _flush_default_set or not _WANDB_AVAILABLE:
+        return
+    import wandb
+
+    if wandb.run is None:
+        wandb.setup(settings=wandb.Settings(x_transaction_log_flush_interval=TRANSACTION_LOG_FLUSH_INTERVAL))
+    _flush_default_set = True
+
+
 def check_non_negative_int(name: str, value: Any, positive: bool = False) -> int:
     """``"Expected argument `interval` to be a positive int, but got -1."``"""
     low = 1 if positive else 0
