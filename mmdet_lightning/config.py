@@ -118,6 +118,20 @@ def check_supported_task(model_cfg: Mapping[str, Any]) -> None:
         )
 
 
+def leaf_dataset_cfgs(cfg: Mapping[str, Any]) -> list[Any]:
+    """The leaf dataset configs inside dataset wrappers (RepeatDataset, ConcatDataset, ...), in order.
+
+    Example::
+        >>> leaf_dataset_cfgs(dict(type="RepeatDataset", dataset=dict(type="CocoDataset")))
+        [{'type': 'CocoDataset'}]
+    """
+    if "dataset" in cfg:
+        return leaf_dataset_cfgs(cfg["dataset"])
+    if "datasets" in cfg:
+        return [leaf for sub in cfg["datasets"] for leaf in leaf_dataset_cfgs(sub)]
+    return [cfg]
+
+
 def replace_data_root(cfg: "Config", data_root: str | os.PathLike) -> "Config":
     """Point every path under the config's ``data_root`` to ``data_root`` instead (in place; returned).
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from .bad_data import BadDataReport, audit_annotations, guard_pipeline
-from .config import ConfigLike, init_mmdet_scope, load_config, replace_data_root
+from .config import ConfigLike, init_mmdet_scope, leaf_dataset_cfgs, load_config, replace_data_root
 from .image_folder import DetImageFolder, list_images
 from .resume import ResumableBatchSampler, with_resumable_batches
 
@@ -95,7 +95,7 @@ class MMDetDataModule(pl.LightningDataModule):
             list_images(self.predict_folder)  # fails early on a missing or empty folder
             needed = ()
         for key in needed + optional:
-            for dataset_cfg in _dataset_cfgs((self.cfg.get(key) or {}).get("dataset", {})):
+            for dataset_cfg in leaf_dataset_cfgs((self.cfg.get(key) or {}).get("dataset", {})):
                 _check_dataset_paths(key, dataset_cfg)
         trainer = self.trainer
         if stage == "fit" and self.global_batch_size is not None:
@@ -145,7 +145,7 @@ class MMDetDataModule(pl.LightningDataModule):
         init_mmdet_scope()
         from mmdet.registry import DATASETS
 
-        dataset_cfgs = _dataset_cfgs((self.cfg.get("train_dataloader") or {}).get("dataset", {}))
+        dataset_cfgs = leaf_dataset_cfgs((self.cfg.get("train_dataloader") or {}).get("dataset", {}))
         classes = [DATASETS.get(c["type"]) if isinstance(c.get("type"), str) else c.get("type") for c in dataset_cfgs]
         with audit_annotations([c for c in classes if isinstance(c, type)], self.bad_data):
             loader = with_resumable_batches(self._build("train_dataloader"))
@@ -197,17 +197,6 @@ class MMDetDataModule(pl.LightningDataModule):
         loader.sampler = dict(type="DefaultSampler", shuffle=False)
         loader.pop("batch_sampler", None)
         return self._build_from(loader)
-
-
-def _dataset_cfgs(cfg: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
-    """The leaf dataset configs inside dataset wrappers (RepeatDataset, ConcatDataset, ...)."""
-    if "dataset" in cfg:
-        yield from _dataset_cfgs(cfg["dataset"])
-    elif "datasets" in cfg:
-        for sub in cfg["datasets"]:
-            yield from _dataset_cfgs(sub)
-    else:
-        yield cfg
 
 
 def _resolve(data_root: str | None, path: str) -> Path | None:

@@ -17,6 +17,8 @@ import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from .config import leaf_dataset_cfgs
+
 if TYPE_CHECKING:
     from mmengine.config import Config
 
@@ -241,14 +243,6 @@ def shrink_image_sizes(cfg: "Config", max_side: int) -> "Config":
     return cfg
 
 
-def _leaf_datasets(node: dict) -> list[dict]:
-    if "dataset" in node:
-        return _leaf_datasets(node["dataset"])
-    if "datasets" in node:
-        return [leaf for sub in node["datasets"] for leaf in _leaf_datasets(sub)]
-    return [node]
-
-
 def _has_masks(cfg: "Config") -> bool:
     found = []
     _walk(cfg.train_dataloader, lambda step: found.append(step.get("type") == "LoadAnnotations"
@@ -357,7 +351,7 @@ def adapt_to_dataset(cfg: "Config", data_root: str | Path, classes: Sequence[str
         if loader is None:
             continue
         loader.update(batch_size=batch_size, num_workers=0, persistent_workers=False)
-        for dataset in _leaf_datasets(loader["dataset"]):
+        for dataset in leaf_dataset_cfgs(loader["dataset"]):
             pipeline = dataset.get("pipeline")
             test_mode = dataset.get("test_mode", split == "val")
             dataset.clear()
