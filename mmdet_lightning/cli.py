@@ -19,12 +19,12 @@ from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_info
 
-from .callbacks.custom_hooks import callbacks_from_config
+from .hooks import callbacks_from_config
 from .callbacks.prediction_writer import DetectionWriter
 from .config import load_config
 from .datamodule import MMDetDataModule
 from .module import MMDetModule
-from .wandb_logger import wandb_credentials
+from .wandb.logger import wandb_credentials
 
 __all__ = ["MMDetLightningCLI", "lightning_config_from_mmdet", "run", "main"]
 
@@ -161,7 +161,7 @@ def lightning_config_from_mmdet(config_path: str | os.PathLike, subcommand: str 
         if init_kwargs.pop("mode", None) == "offline":
             logger_args["offline"] = True
         logger_args.update(init_kwargs)
-        trainer["logger"] = {"class_path": "mmdet_lightning.wandb_logger.ResilientWandbLogger", "init_args": logger_args}
+        trainer["logger"] = {"class_path": "mmdet_lightning.wandb.ResilientWandbLogger", "init_args": logger_args}
         hook_args = {k: wandb[k] for k in _HOOK_ARGS if k in wandb}
         callbacks.append({"class_path": "mmdet_lightning.callbacks.MMDetWandbCallback", "init_args": hook_args})
     if callbacks:
@@ -218,7 +218,7 @@ def run(argv: Sequence[str] | None = None) -> MMDetLightningCLI | None:
 def _continue_wandb_run(trainer_config: Any, ckpt_path: str) -> None:
     """``fit --ckpt_path``: the WandbLogger (created before the checkpoint is read) logs to the W&B run that the
     W&B callbacks stored in the checkpoint (``id``; Lightning's WandbLogger resumes with ``resume="allow"``)."""
-    from .callbacks._wandb import wandb_run_id
+    from .wandb import wandb_run_id
 
     loggers = (trainer_config or {}).get("logger")
     loggers = loggers if isinstance(loggers, list) else [loggers]

@@ -462,7 +462,7 @@ def _load_adapted(family: str, data_root: str | Path, max_side: int = 128) -> "C
 def _train_validate_predict(cfg: "Config", work_dir: Path, iterations: int) -> tuple[float, int]:
     import pytorch_lightning as pl
 
-    from .callbacks.custom_hooks import callbacks_from_config
+    from .hooks import callbacks_from_config
     from .datamodule import MMDetDataModule
     from .module import MMDetModule
 

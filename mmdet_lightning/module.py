@@ -147,6 +147,15 @@ class MMDetModule(pl.LightningModule):
         """Predictions (``DetDataSample`` list) for a collated batch from an mmdet dataloader."""
         return predictions_to_float32(self.model.test_step(batch))
 
+    def prepare_data(self) -> None:
+        """The last hook before Lightning starts the loggers' runs: a ``WandbLogger``'s run will write its
+        transaction log every second (:func:`~mmdet_lightning.wandb._common.flush_transaction_log_often`; the user's own
+        W&B settings win)."""
+        from .wandb._common import flush_transaction_log_often
+
+        for logger in self.trainer.loggers:
+            flush_transaction_log_often(logger)
+
     # ------------------------------------------------------------------ strategies
     def setup(self, stage: str) -> None:
         """Checks the strategy and adapts the model's norm layers to it, as mmengine's runner wraps a model.

@@ -1,8 +1,11 @@
-"""Shared fixtures: one synthetic dataset per test session, configs pointed at it, offline W&B."""
+"""Shared fixtures: one synthetic dataset per test session, configs pointed at it.
+
+No W&B environment is set for the suite: tests choose offline mode as users do (``WandbLogger(offline=True)``,
+a YAML's ``offline: true``, the CLI's fallback without credentials) and write W&B's files to their own folder.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,13 +19,6 @@ from mmdet_lightning.synthetic import CLASSES, ShapesConfig, make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "mmdet"
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _offline_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
-    os.environ.setdefault("WANDB_SILENT", "true")
 
 
 @pytest.fixture(autouse=True)

@@ -93,7 +93,7 @@ def main() -> None:
         if args.online:
             import wandb
 
-            from mmdet_lightning.wandb_logger import ResilientWandbLogger
+            from mmdet_lightning.wandb import ResilientWandbLogger
 
             logger = ResilientWandbLogger(save_dir=str(args.out), project="faults",
                                           settings=wandb.Settings(init_timeout=3))

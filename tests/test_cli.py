@@ -10,7 +10,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from mmdet_lightning.cli import lightning_config_from_mmdet, run
-from mmdet_lightning.utilities.wandb_records import artifacts, find_run_file, history, read_records
+from mmdet_lightning.wandb.records import artifacts, find_run_file, history, read_records
 
 from .conftest import CONFIGS, REPO
 

@@ -16,7 +16,7 @@ import torch
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
 from mmdet_lightning.callbacks import DetectionWriter
-from mmdet_lightning.utilities.wandb_records import artifacts, find_run_file, read_records
+from mmdet_lightning.wandb.records import artifacts, find_run_file, read_records
 
 TESTS = Path(__file__).parent
 

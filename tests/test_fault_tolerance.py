@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
-from mmdet_lightning.utilities.wandb_records import artifacts, find_run_file, read_records
+from mmdet_lightning.wandb.records import artifacts, find_run_file, read_records
 
 SCRIPT = Path(__file__).with_name("fault_fit.py")
 
@@ -149,7 +149,7 @@ def test_cli_fit_ckpt_path_continues_the_wandb_run_of_the_checkpoint(tmp_path: P
     ckpt = tmp_path / "last.ckpt"
     torch.save({"callbacks": {"MMDetWandbCallback": {"run_id": "abc123", "WandbIntervalMetrics": {}}}}, ckpt)
     assert wandb_run_id(ckpt) == "abc123"
-    logger = Namespace(class_path="mmdet_lightning.wandb_logger.ResilientWandbLogger",
+    logger = Namespace(class_path="mmdet_lightning.wandb.ResilientWandbLogger",
                        init_args=Namespace(id=None, version=None, project="p"))
     _continue_wandb_run(Namespace(logger=logger), str(ckpt))
     assert logger.init_args.id == "abc123"

@@ -14,7 +14,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
 from mmdet_lightning.callbacks import MMDetWandbCallback
-from mmdet_lightning.utilities.wandb_records import artifacts, find_run_file, history, read_records
+from mmdet_lightning.wandb.records import artifacts, find_run_file, history, read_records
 
 INTERVAL = 2
 TRAIN_BATCHES = 4

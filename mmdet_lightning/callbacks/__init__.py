@@ -1,15 +1,10 @@
-"""Lightning callbacks: what mmdet 2.x's MMDetWandbHook gave W&B users, and mmdet's ``custom_hooks``."""
+"""Every Lightning callback of mmdet-lightning in one place: the W&B ones (:mod:`mmdet_lightning.wandb`),
+mmdet's ``custom_hooks`` (:mod:`mmdet_lightning.hooks`) and the prediction writer."""
 
-from ._wandb import wandb_run_id
-from .checkpoint_artifacts import WandbCheckpointArtifacts
-from .custom_hooks import callbacks_from_config
-from .ema import ModelEMA
-from .metrics import WandbIntervalMetrics
-from .pipeline_switch import PipelineSwitch, YOLOXModeSwitch
+from ..hooks import ModelEMA, PipelineSwitch, SyncNorm, YOLOXModeSwitch, callbacks_from_config
+from ..wandb import (MMDetWandbCallback, WandbCheckpointArtifacts, WandbDetectionTables, WandbIntervalMetrics,
+                     wandb_run_id)
 from .prediction_writer import DetectionWriter
-from .sync_norm import SyncNorm
-from .tables import WandbDetectionTables
-from .wandb_callback import MMDetWandbCallback
 
 __all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables",
            "DetectionWriter", "ModelEMA", "PipelineSwitch", "YOLOXModeSwitch", "SyncNorm",

@@ -11,8 +11,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from ..utilities import first_dataset, gather_objects
-from ..utilities.wandb_media import instances_from_prediction
-from ._wandb import check_unit_interval
+from ..wandb.media import instances_from_prediction
+from ..wandb._common import check_unit_interval
 
 __all__ = ["DetectionWriter"]
 

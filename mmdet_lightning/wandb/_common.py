@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from lightning_utilities.core.imports import RequirementCache
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
@@ -24,6 +24,7 @@ def find_wandb_logger(trainer: "pl.Trainer", owner: str) -> "WandbLogger":
 
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
+            flush_transaction_log_often(logger)  # a no-op when Lightning has started the run already
             return logger
     found = [type(logger).__name__ for logger in trainer.loggers] or "none"
     raise MisconfigurationException(
@@ -36,22 +37,43 @@ def find_wandb_logger(trainer: "pl.Trainer", owner: str) -> "WandbLogger":
 #: seconds between flushes of a run's ``.wandb`` transaction log (wandb's default, 15 s, loses what was logged in
 #: the last 15 s when the process is killed: a whole short run, its checkpoint artifacts included)
 TRANSACTION_LOG_FLUSH_INTERVAL = 1.0
-_flush_default_set = False
+_FLUSH_SETTING = "x_transaction_log_flush_interval"
 
 
-def flush_transaction_log_often() -> None:
-    """Make the W&B runs that this process starts from now on write their transaction log to disk every second
-    (``wandb.setup`` defaults; a run's own ``settings`` still win), so that a killed training process loses at
-    most a second of what it logged. Called by the W&B callbacks' constructors, which run before Lightning starts
-    the logger's run."""
-    global _flush_default_set
-    if _flush_default_set or not _WANDB_AVAILABLE:
+def flush_transaction_log_often(logger: Any) -> None:
+    """Make the W&B run of ``logger`` (a ``WandbLogger`` whose run has not started) write its transaction log
+    to disk every second, so that a killed training process loses at most a second of what it logged.
+
+    Only that run's own ``wandb.init`` settings change, and only when the user has not set the value
+    (``WandbLogger(settings=wandb.Settings(x_transaction_log_flush_interval=5))`` keeps 5): W&B's process-wide
+    settings, and with them the mode (``offline=True``, ``WANDB_MODE``, an account or none), are left alone.
+    Called by ``ResilientWandbLogger`` at construction and by ``MMDetModule.prepare_data`` for the trainer's
+    loggers (the last hook before Lightning starts the loggers' runs); a no-op once the run exists.
+
+    Example::
+        >>> from pytorch_lightning.loggers import WandbLogger
+        >>> logger = WandbLogger(offline=True)
+        >>> flush_transaction_log_often(logger)
+        >>> logger._wandb_init["settings"]
+        {'x_transaction_log_flush_interval': 1.0}
+    """
+    init = getattr(logger, "_wandb_init", None)
+    if getattr(logger, "_experiment", None) is not None or not isinstance(init, dict):
         return
-    import wandb
+    settings = init.get("settings")
+    if settings is None:
+        init["settings"] = {_FLUSH_SETTING: TRANSACTION_LOG_FLUSH_INTERVAL}
+    elif isinstance(settings, Mapping):
+        init["settings"] = {_FLUSH_SETTING: TRANSACTION_LOG_FLUSH_INTERVAL, **settings}
+    elif _FLUSH_SETTING not in _fields_set(settings):  # a wandb.Settings: add ours to a copy
+        update = {_FLUSH_SETTING: TRANSACTION_LOG_FLUSH_INTERVAL}
+        init["settings"] = settings.model_copy(update=update) if hasattr(settings, "model_copy") else settings
 
-    if wandb.run is None:
-        wandb.setup(settings=wandb.Settings(x_transaction_log_flush_interval=TRANSACTION_LOG_FLUSH_INTERVAL))
-    _flush_default_set = True
+
+def _fields_set(settings: Any) -> set[str]:
+    """The fields of a ``wandb.Settings`` that were given a value (pydantic's ``model_fields_set``)."""
+    fields = getattr(settings, "model_fields_set", None)
+    return set(fields) if fields is not None else {_FLUSH_SETTING}
 
 
 def check_non_negative_int(name: str, value: Any, positive: bool = False) -> int:

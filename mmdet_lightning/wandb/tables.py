@@ -11,14 +11,14 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
 from ..utilities import first_dataset, gather_objects
-from ..utilities.wandb_media import (
+from .media import (
     Instances,
     box_data,
     class_mask_layers,
     instances_from_data_info,
     instances_from_prediction,
 )
-from ._wandb import check_non_negative_int, check_unit_interval, find_wandb_logger, flush_transaction_log_often
+from ._common import check_non_negative_int, check_unit_interval, find_wandb_logger
 
 if TYPE_CHECKING:
     import wandb
@@ -80,8 +80,6 @@ class WandbDetectionTables(Callback):
         self._with_masks = False
         self._val_artifact: Any = None
         self._val_images: dict[int, tuple[str, Any]] = {}
-        flush_transaction_log_often()  # before Lightning starts the logger's run
-
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._logger = find_wandb_logger(trainer, type(self).__name__)

@@ -14,7 +14,7 @@ from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from ._wandb import find_wandb_logger, finish_run, flush_transaction_log_often, warn_if_other_run
+from ._common import find_wandb_logger, finish_run, warn_if_other_run
 
 __all__ = ["WandbCheckpointArtifacts"]
 
@@ -101,8 +101,6 @@ class WandbCheckpointArtifacts(Callback):
         self._exception: BaseException | None = None
         #: the W&B run the uploads went to (restored on resume, to warn when the logger's run differs)
         self.run_id: str | None = None
-        flush_transaction_log_often()  # before Lightning starts the logger's run
-
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._logger = find_wandb_logger(trainer, type(self).__name__)

@@ -6,7 +6,7 @@ from typing import Any
 
 from pytorch_lightning.callbacks import Callback
 
-from ._wandb import check_non_negative_int, check_unit_interval, finish_run
+from ._common import check_non_negative_int, check_unit_interval, finish_run
 from .checkpoint_artifacts import WandbCheckpointArtifacts
 from .metrics import WandbIntervalMetrics
 from .tables import WandbDetectionTables

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from ._wandb import check_non_negative_int, find_wandb_logger, flush_transaction_log_often
+from ._common import check_non_negative_int, find_wandb_logger
 
 __all__ = ["WandbIntervalMetrics"]
 
@@ -51,8 +51,6 @@ class WandbIntervalMetrics(Callback):
         self._data_time = 0.0
         self._iter_time = 0.0
         self._last_end: float | None = None
-        flush_transaction_log_often()  # before Lightning starts the logger's run
-
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._logger = find_wandb_logger(trainer, type(self).__name__)

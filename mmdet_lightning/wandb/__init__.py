@@ -1,0 +1,25 @@
+"""Everything W&B: what mmdet 2.x's ``MMDetWandbHook`` logged, as Lightning callbacks on ``WandbLogger``.
+
+    logger.py               ResilientWandbLogger (offline without credentials or when W&B is unreachable)
+    callback.py             MMDetWandbCallback = the three callbacks below, with the hook's arguments
+    metrics.py              WandbIntervalMetrics: training scalars every N iterations
+    checkpoint_artifacts.py WandbCheckpointArtifacts: ModelCheckpoint's files as `run_<id>_model` artifacts
+    tables.py               WandbDetectionTables: `val_data` and `eval_data` tables
+    media.py                pure converters: mmdet annotations / predictions -> W&B box and mask dicts
+    records.py              reads an offline run's transaction log (`run-*.wandb`) back
+
+Example::
+    >>> from mmdet_lightning.wandb import MMDetWandbCallback
+    >>> MMDetWandbCallback(interval=10).parts[0].interval
+    10
+"""
+
+from ._common import wandb_run_id
+from .callback import MMDetWandbCallback
+from .checkpoint_artifacts import WandbCheckpointArtifacts
+from .logger import ResilientWandbLogger, wandb_credentials
+from .metrics import WandbIntervalMetrics
+from .tables import WandbDetectionTables
+
+__all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables",
+           "ResilientWandbLogger", "wandb_credentials", "wandb_run_id"]
