@@ -1,8 +1,31 @@
-"""mmdet-lightning: MMDetection 3.x detectors under PyTorch Lightning."""
+"""mmdet-lightning: MMDetection 3.x detectors under PyTorch Lightning.
 
-from .datamodule import MMDetDataModule
-from .module import MMDetModule
-from .synthetic import make_shapes_dataset
+The public classes are imported on first use, so that ``mmdet-lightning --help`` answers without importing
+Lightning, torch or mmdet.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import TYPE_CHECKING, Any
+
+# mmengine imports pkg_resources, whose deprecation warning would open every run twice; nothing a user can act on
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
+if TYPE_CHECKING:
+    from .datamodule import MMDetDataModule
+    from .module import MMDetModule
+    from .synthetic import make_shapes_dataset
 
 __all__ = ["MMDetModule", "MMDetDataModule", "make_shapes_dataset"]
 __version__ = "0.1.0"
+_HOMES = {"MMDetModule": ".module", "MMDetDataModule": ".datamodule", "make_shapes_dataset": ".synthetic"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

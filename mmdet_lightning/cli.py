@@ -2,6 +2,7 @@
 
     mmdet-lightning fit --config configs/lightning/shapes_faster_rcnn.yaml --trainer.max_epochs 3
     mmdet-lightning fit configs/mmdet/shapes_faster_rcnn.py            # an mmdet config as tools/train.py runs it
+    mmdet-lightning fit configs/mmdet/shapes_faster_rcnn.py --cfg-options optim_wrapper.optimizer.lr=0.01
     mmdet-lightning validate --config configs/lightning/shapes_faster_rcnn.yaml --ckpt_path last.ckpt
     mmdet-lightning predict --config ... --ckpt_path last.ckpt --data.predict_folder my_images/
     mmdet-lightning data --out data/shapes                            # write the synthetic dataset
@@ -9,99 +10,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import yaml
-from pytorch_lightning.callbacks import Checkpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from pytorch_lightning.utilities import rank_zero_info
 
-from .hooks import callbacks_from_config
-from .callbacks.prediction_writer import DetectionWriter
-from .config import load_config
-from .datamodule import MMDetDataModule
-from .module import MMDetModule
-from .wandb.logger import wandb_credentials
+if TYPE_CHECKING:
+    from .lightning_cli import MMDetLightningCLI
 
 __all__ = ["MMDetLightningCLI", "lightning_config_from_mmdet", "run", "main"]
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _HOOK_ARGS = ("interval", "log_checkpoint", "log_checkpoint_metadata", "num_eval_images", "bbox_score_thr")
-
-
-class _SaveAndLogConfig(SaveConfigCallback):
-    """Saves the resolved configuration in the run folder (overwriting one from an earlier run) and puts it
-    in ``wandb.config`` under ``lightning_config`` when a WandbLogger is used."""
-
-    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        from pytorch_lightning.loggers import WandbLogger
-
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
-                logger.experiment.config.update({"lightning_config": resolved}, allow_val_change=True)
-
-
-class MMDetLightningCLI(LightningCLI):
-    """``LightningCLI`` for :class:`MMDetModule` and :class:`MMDetDataModule`, which share the mmdet config.
-
-    ``--model.config`` and ``--model.data_root`` also set the data module's; the optimizer and schedules come from the
-    mmdet config, so ``--optimizer`` / ``--lr_scheduler`` are not offered; so do the config's ``custom_hooks``
-    (EMA, pipeline switches, ...: :func:`~mmdet_lightning.callbacks.callbacks_from_config`). ``predict`` writes
-    COCO results and drawn images with a :class:`DetectionWriter` (``<default_root_dir>/predictions`` unless one is
-    configured).
-
-    Example::
-        >>> MMDetLightningCLI(args=["fit", "--config", "configs/lightning/shapes_retinanet.yaml"])  # doctest: +SKIP
-    """
-
-    def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
-        kwargs.setdefault("save_config_callback", _SaveAndLogConfig)
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("auto_configure_optimizers", False)
-        kwargs.setdefault("parser_kwargs", {"description": __doc__.strip().splitlines()[0]})
-        super().__init__(MMDetModule, MMDetDataModule, args=args, run=run, **kwargs)
-
-    def _parse_ckpt_path(self) -> None:
-        # LightningCLI would replace --model.* by the checkpoint's hyperparameters; ours are the resolved
-        # mmdet config (a dict, for `load_from_checkpoint` and wandb.config). Here the config comes from the
-        # command line and only the weights from --ckpt_path, which must exist: say so before anything runs.
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt_path) \
-                and not Path(ckpt_path).is_file():
-            raise FileNotFoundError(
-                f"--ckpt_path {ckpt_path!r} does not exist (working directory: {os.getcwd()}).\n"
-                "Hint: pass a checkpoint written by ModelCheckpoint, e.g. work_dirs/<run>/checkpoints/last.ckpt."
-            )
-        if subcommand == "fit" and ckpt_path and Path(str(ckpt_path)).is_file():
-            _continue_wandb_run(self.config[subcommand].get("trainer"), str(ckpt_path))
-
-    def instantiate_trainer(self, **kwargs: Any) -> Any:
-        """The Trainer, with the mmdet config's ``custom_hooks`` as callbacks (``callbacks_from_config``),
-        placed before the checkpoint callbacks; a callback type the Trainer already has is not added twice."""
-        trainer = super().instantiate_trainer(**kwargs)
-        present = {type(callback) for callback in trainer.callbacks}
-        position = next((i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, Checkpoint)),
-                        len(trainer.callbacks))
-        added = [cb for cb in callbacks_from_config(self.model.cfg) if type(cb) not in present]
-        trainer.callbacks[position:position] = added
-        if added:
-            rank_zero_info("custom_hooks -> callbacks: " + ", ".join(type(cb).__name__ for cb in added))
-        return trainer
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("model.config", "data.config")
-        parser.link_arguments("model.data_root", "data.data_root")
-
-    def before_predict(self) -> None:
-        if not any(isinstance(cb, DetectionWriter) for cb in self.trainer.callbacks):
-            output = Path(self.trainer.default_root_dir) / "predictions"
-            self.trainer.callbacks.append(DetectionWriter(output))
-            rank_zero_info(f"predict: writing results.bbox.json and drawn images to {output}")
 
 
 def _wandb_settings(cfg: Any) -> dict[str, Any] | None:
@@ -116,21 +39,28 @@ def _wandb_settings(cfg: Any) -> dict[str, Any] | None:
     return None
 
 
-def lightning_config_from_mmdet(config_path: str | os.PathLike, subcommand: str = "fit") -> dict[str, Any]:
+def lightning_config_from_mmdet(config_path: str | os.PathLike, subcommand: str = "fit",
+                                cfg_options: Sequence[str] | None = None) -> dict[str, Any]:
     """The LightningCLI configuration that runs an mmdet config as MMDetection's ``tools/train.py`` would.
 
     Epochs or iterations from ``train_cfg``, validation interval, checkpoint interval and count from
     ``default_hooks.checkpoint``, logging interval from ``default_hooks.logger``, seed from ``randomness``,
     output folder from ``work_dir`` (default ``work_dirs/<config name>``, as ``tools/train.py``); a
     ``WandbVisBackend`` or an ``MMDetWandbHook`` entry becomes a ``WandbLogger`` plus ``MMDetWandbCallback``
-    with the same settings (offline when no W&B credentials are found).
+    with the same settings (offline when no W&B credentials are found). ``cfg_options`` (mmdet's
+    ``--cfg-options`` items) apply before the derivation and are passed on to the module and data module.
 
     Example::
         >>> derived = lightning_config_from_mmdet("configs/mmdet/shapes_retinanet.py")
         >>> derived["trainer"]["max_epochs"], derived["seed_everything"]
         (12, 0)
+        >>> lightning_config_from_mmdet("configs/mmdet/shapes_retinanet.py", cfg_options=["train_cfg.max_epochs=2"])["trainer"]["max_epochs"]
+        2
     """
-    cfg = load_config(config_path)
+    from .config import load_config
+    from .wandb.logger import wandb_credentials
+
+    cfg = load_config(config_path, cfg_options)
     train_cfg = cfg.get("train_cfg") or {}
     hooks = cfg.get("default_hooks") or {}
     work_dir = cfg.get("work_dir") or str(Path("work_dirs") / Path(config_path).stem)
@@ -172,6 +102,8 @@ def lightning_config_from_mmdet(config_path: str | os.PathLike, subcommand: str 
         derived["seed_everything"] = int(seed)
     if cfg.get("load_from"):
         derived["model"]["load_from"] = str(cfg.load_from)
+    if cfg_options:
+        derived["model"]["cfg_options"] = list(cfg_options)
     return derived
 
 
@@ -179,17 +111,68 @@ def _is_mmdet_config(arg: str) -> bool:
     return arg.endswith(".py") and not arg.startswith("-")
 
 
-def run(argv: Sequence[str] | None = None) -> MMDetLightningCLI | None:
-    """Run the command line ``argv`` (default ``sys.argv[1:]``); the CLI object for fit/validate/test/predict."""
+def _mmdet_config_as_positional(args: list[str]) -> list[str]:
+    """``fit --config x.py ...`` (an mmdet config given to ``--config``, which jsonargparse would read as
+    YAML) is ``fit x.py ...``."""
+    if len(args) < 2 or args[0] not in SUBCOMMANDS:
+        return args
+    for index, arg in enumerate(args[1:], start=1):
+        value = arg.split("=", 1)[1] if arg.startswith("--config=") else (
+            args[index + 1] if arg == "--config" and index + 1 < len(args) else None)
+        if value is not None and _is_mmdet_config(value):
+            width = 1 if arg.startswith("--config=") else 2
+            return [args[0], value, *args[1:index], *args[index + width:]]
+        if value is not None:
+            return args
+    return args
+
+
+def _take_cfg_options(args: list[str]) -> tuple[list[str], list[str]]:
+    """``--cfg-options k=v k2=v2`` (mmdet's tools' syntax) taken out of ``args``: (the rest, the items)."""
+    rest: list[str] = []
+    items: list[str] = []
+    taking = False
+    for arg in args:
+        if arg in ("--cfg-options", "--cfg_options"):
+            taking = True
+        elif arg.startswith(("--cfg-options=", "--cfg_options=")):
+            items.append(arg.split("=", 1)[1])
+            taking = True
+        elif taking and not arg.startswith("-"):
+            items.append(arg)
+        else:
+            taking = False
+            rest.append(arg)
+    return rest, items
+
+
+def _print_help() -> None:
+    print(__doc__.strip().split("\n\n")[0] + "\n\nSubcommands: fit, validate, test, predict (Lightning CLI; "
+          "`mmdet-lightning fit --help` lists every option), data (the synthetic dataset; "
+          "`mmdet-lightning data --help`).\n\nOptions of every subcommand, besides Lightning's:\n"
+          "  --cfg-options KEY=VALUE ...  override mmdet config values, as mmdet's tools/train.py (mmengine's "
+          "DictAction syntax: lr=0.01, scale=(96,96), milestones=[6,9]); a key not in the config is an error\n"
+          "\nExamples:\n" + __doc__.strip().split("\n\n")[1])
+
+
+def run(argv: Sequence[str] | None = None) -> "MMDetLightningCLI | None":
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); the CLI object for fit/validate/test/predict.
+
+    ``--help`` and ``data`` answer without importing Lightning or mmdet.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "data":
         from .synthetic import main as data_main
 
         data_main(args[1:])
         return None
+    if not args or args[0] in ("-h", "--help"):
+        _print_help()
+        return None
+    args, cfg_options = _take_cfg_options(_mmdet_config_as_positional(args))
     if len(args) >= 2 and args[0] in SUBCOMMANDS and _is_mmdet_config(args[1]):
         subcommand, config_path, rest = args[0], args[1], args[2:]
-        derived = lightning_config_from_mmdet(config_path, subcommand)
+        derived = lightning_config_from_mmdet(config_path, subcommand, cfg_options)
         folder = Path(derived["trainer"]["default_root_dir"])
         folder.mkdir(parents=True, exist_ok=True)
         derived_file = folder / f"derived_{subcommand}.yaml"
@@ -197,11 +180,10 @@ def run(argv: Sequence[str] | None = None) -> MMDetLightningCLI | None:
         print(f"mmdet-lightning: derived from {config_path} (saved as {derived_file}):\n"
               + yaml.safe_dump(derived, sort_keys=False), flush=True)
         args = [subcommand, "--config", str(derived_file), *rest]
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__.strip().split("\n\n")[0] + "\n\nSubcommands: fit, validate, test, predict (Lightning CLI; "
-              "`mmdet-lightning fit --help` lists every option), data (the synthetic dataset; "
-              "`mmdet-lightning data --help`).\n\nExamples:\n" + __doc__.strip().split("\n\n")[1])
-        return None
+    elif cfg_options:
+        args.append("--model.cfg_options=" + json.dumps(cfg_options))
+    from .lightning_cli import MMDetLightningCLI
+
     try:
         if argv is None:  # the console script: LightningCLI reads sys.argv itself (and warns when given both)
             sys.argv[1:] = args
@@ -215,21 +197,6 @@ def run(argv: Sequence[str] | None = None) -> MMDetLightningCLI | None:
     return cli
 
 
-def _continue_wandb_run(trainer_config: Any, ckpt_path: str) -> None:
-    """``fit --ckpt_path``: the WandbLogger (created before the checkpoint is read) logs to the W&B run that the
-    W&B callbacks stored in the checkpoint (``id``; Lightning's WandbLogger resumes with ``resume="allow"``)."""
-    from .wandb import wandb_run_id
-
-    loggers = (trainer_config or {}).get("logger")
-    loggers = loggers if isinstance(loggers, list) else [loggers]
-    wandb_loggers = [logger for logger in loggers if "Wandb" in str(getattr(logger, "class_path", ""))]
-    run_id = wandb_run_id(ckpt_path) if wandb_loggers else None
-    for logger in wandb_loggers:
-        if run_id and logger.init_args.get("id") is None and logger.init_args.get("version") is None:
-            logger.init_args["id"] = run_id
-            rank_zero_info(f"fit --ckpt_path: continuing W&B run {run_id} of the checkpoint")
-
-
 def _finish_wandb(exit_code: int) -> None:
     """One command, one W&B run: finish it, also when the command fails (offline: ready for `wandb sync`)."""
     wandb = sys.modules.get("wandb")
@@ -240,6 +207,14 @@ def _finish_wandb(exit_code: int) -> None:
 def main() -> None:
     """Entry point of the ``mmdet-lightning`` console script."""
     run()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MMDetLightningCLI":  # imported on use: `mmdet-lightning --help` needs no Lightning
+        from .lightning_cli import MMDetLightningCLI
+
+        return MMDetLightningCLI
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,15 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 if TYPE_CHECKING:
     from mmengine.config import Config
 
-__all__ = ["ConfigLike", "load_config", "init_mmdet_scope", "check_supported_task", "replace_data_root", "set_classes"]
+__all__ = ["ConfigLike", "CfgOptions", "load_config", "apply_cfg_options", "parse_cfg_options", "init_mmdet_scope",
+           "check_supported_task", "replace_data_root", "set_classes"]
 
 ConfigLike = Union[str, os.PathLike, Mapping[str, Any], "Config"]
+#: ``--cfg-options`` as mmdet's tools take them: ``["optim_wrapper.optimizer.lr=0.01", ...]``, or already a dict
+CfgOptions = Union[Mapping[str, Any], Sequence[str]]
+# top-level keys that mmengine's Runner reads with a default, so they may be set without being in the config
+_RUNNER_KEYS = ("load_from", "resume", "work_dir", "launcher", "randomness", "env_cfg", "auto_scale_lr",
+                "find_unused_parameters", "default_scope", "log_level", "experiment_name")
 
 # Task families that mmdet 3.3 ships configs for but that a detection LightningModule does not cover.
 _UNSUPPORTED_MODELS: dict[str, str] = {
@@ -48,15 +54,17 @@ def init_mmdet_scope() -> None:
     from . import evaluation  # noqa: F401  registers FastCocoMetric in mmdet's METRICS
 
 
-def load_config(config: ConfigLike) -> "Config":
+def load_config(config: ConfigLike, cfg_options: CfgOptions | None = None) -> "Config":
     """Return an mmengine ``Config`` from a path, a dict or a ``Config``, checked for a ``model``.
 
     Args:
         config: path of an mmdet config file (``.py``, ``.yaml``, ``.json``), a dict or a ``Config``.
+        cfg_options: values to override, as mmdet's ``--cfg-options`` (see :func:`apply_cfg_options`).
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the file cannot be parsed, or has no ``model``, or the model's task is not supported.
+        ValueError: the file cannot be parsed, or has no ``model``, or the model's task is not supported;
+            a ``cfg_options`` key that is not in the config.
 
     Example::
         >>> cfg = load_config({"model": {"type": "RetinaNet"}})
@@ -87,6 +95,8 @@ def load_config(config: ConfigLike) -> "Config":
         raise TypeError(
             f"Expected a config path, dict or mmengine Config, but got {type(config).__name__}: {config!r}."
         )
+    if cfg_options:
+        apply_cfg_options(cfg, cfg_options)
     if not isinstance(cfg.get("model"), Mapping):
         raise ValueError(
             f"The config from {source} has no `model` dict, so no detector can be built from it.\n"
@@ -94,6 +104,87 @@ def load_config(config: ConfigLike) -> "Config":
         )
     check_supported_task(cfg.model)
     return cfg
+
+
+def parse_cfg_options(options: CfgOptions) -> dict[str, Any]:
+    """``["a.b=1", "c=[1,2]"]`` parsed as mmengine's ``DictAction`` parses ``--cfg-options`` (a dict is kept).
+
+    Example::
+        >>> parse_cfg_options(["optim_wrapper.optimizer.lr=0.01", "img_scale=(96,96)", "classes=a,b"])
+        {'optim_wrapper.optimizer.lr': 0.01, 'img_scale': (96, 96), 'classes': ['a', 'b']}
+    """
+    if isinstance(options, Mapping):
+        return dict(options)
+    import argparse
+
+    from mmengine.config import DictAction
+
+    items = [options] if isinstance(options, str) else list(options)
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise ValueError(f"Expected --cfg-options items of the form key=value, but got {bad}.\n"
+                         "Hint: --cfg-options optim_wrapper.optimizer.lr=0.01 train_dataloader.batch_size=4")
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
+    return dict(parser.parse_args(["--cfg-options", *items]).cfg_options)
+
+
+def apply_cfg_options(cfg: "Config", options: CfgOptions) -> "Config":
+    """Override config values by dotted key, as mmdet's ``tools/train.py --cfg-options`` (in place; returned).
+
+    Unlike mmengine, a key that is not in the config is an error naming the nearest existing keys (a typo
+    in a sweep would otherwise add an unused key and train with the old value), except the top-level keys
+    that mmengine's Runner reads with a default (``load_from``, ``work_dir``, ``randomness``, ...). List items
+    are addressed by index (``train_dataloader.dataset.pipeline.2.scale``).
+
+    Raises:
+        ValueError: an item without ``=``; a key that is not in the config.
+
+    Example::
+        >>> from mmengine.config import Config
+        >>> cfg = Config(dict(optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.02))))
+        >>> apply_cfg_options(cfg, ["optim_wrapper.optimizer.lr=0.01"]).optim_wrapper.optimizer.lr
+        0.01
+        >>> apply_cfg_options(cfg, {"optim_wrapper.optimizer.lrr": 0.1})
+        Traceback (most recent call last):
+        ...
+        ValueError: --cfg-options: `optim_wrapper.optimizer.lrr` is not in the config: `optim_wrapper.optimizer` has no `lrr` (nearest: lr)...
+    """
+    parsed = parse_cfg_options(options)
+    for key in parsed:
+        _check_key(cfg, key)
+    cfg.merge_from_dict(parsed, allow_list_keys=True)
+    return cfg
+
+
+def _check_key(cfg: Mapping[str, Any], key: str) -> None:
+    import difflib
+
+    parts = key.split(".")
+    if len(parts) == 1 and parts[0] in _RUNNER_KEYS:
+        return
+    node: Any = cfg
+    for depth, part in enumerate(parts):
+        parent = ".".join(parts[:depth]) or "the config's top level"
+        if hasattr(node, "keys"):  # a dict, ConfigDict or Config
+            found = part in node
+            choices = [str(k) for k in node.keys()]
+        elif isinstance(node, (list, tuple)):
+            found = part.isdigit() and int(part) < len(node)
+            choices = [str(i) for i in range(len(node))]
+        else:
+            found, choices = False, []
+        if not found:
+            near = difflib.get_close_matches(part, choices, n=3, cutoff=0.5) or choices[:8]
+            where = f"`{parent}`" if depth else parent
+            what = f"{type(node).__name__} value {node!r}" if not choices else "no"
+            raise ValueError(
+                f"--cfg-options: `{key}` is not in the config: {where} has {what} `{part}`"
+                + (f" (nearest: {', '.join(near)})" if choices else "") + ".\n"
+                "Hint: check the spelling against the config (`mmdet-lightning fit CONFIG.py --print_config` "
+                "shows it); mmengine would add the key silently and train with the old value."
+            )
+        node = node[part] if hasattr(node, "keys") else node[int(part)]
 
 
 def check_supported_task(model_cfg: Mapping[str, Any]) -> None:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from .bad_data import BadDataReport, audit_annotations, guard_pipeline
 from .config import ConfigLike, init_mmdet_scope, leaf_dataset_cfgs, load_config, replace_data_root
+from .console import library_output
 from .image_folder import DetImageFolder, list_images
 from .resume import ResumableBatchSampler, with_resumable_batches
 
@@ -50,6 +51,7 @@ class MMDetDataModule(pl.LightningDataModule):
         global_batch_size: training images per step over all processes; each process then loads
             ``global_batch_size / world_size`` (instead of the config's per-process ``train_dataloader.batch_size``),
             so changing the number of GPUs keeps the optimisation the same.
+        cfg_options: config values to override, as mmdet's ``--cfg-options`` (see :class:`MMDetModule`).
 
     Raises:
         FileNotFoundError: a dataset's annotation file or image folder does not exist (at ``setup``).
@@ -63,12 +65,13 @@ class MMDetDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, config: ConfigLike, seed: int | None = None, predict_folder: str | None = None,
-                 data_root: str | None = None, global_batch_size: int | None = None) -> None:
+                 data_root: str | None = None, global_batch_size: int | None = None,
+                 cfg_options: dict[str, Any] | list[str] | None = None) -> None:
         super().__init__()
         if global_batch_size is not None and (not isinstance(global_batch_size, int) or global_batch_size < 1):
             raise ValueError(f"global_batch_size must be a positive integer, got {global_batch_size!r}.")
         self.global_batch_size = global_batch_size
-        self.cfg = load_config(config)
+        self.cfg = load_config(config, cfg_options)
         if data_root is not None:
             replace_data_root(self.cfg, data_root)
         self.seed = seed
@@ -135,7 +138,8 @@ class MMDetDataModule(pl.LightningDataModule):
 
         init_mmdet_scope()
         diff_rank_seed = bool((self.cfg.get("randomness") or {}).get("diff_rank_seed", False))
-        return Runner.build_dataloader(loader_cfg, seed=self._seed(), diff_rank_seed=diff_rank_seed)
+        with library_output():  # datasets load their COCO file with pycocotools' prints
+            return Runner.build_dataloader(loader_cfg, seed=self._seed(), diff_rank_seed=diff_rank_seed)
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
         # The model's data preprocessor moves (and casts) the batch itself, as under mmengine's runner.

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from .checkpoint import LoadReport, load_detector_weights
 from .config import ConfigLike, init_mmdet_scope, load_config, replace_data_root
+from .console import attach_log_file, library_output, metrics_table
 from .evaluation import EvaluatorBackend, use_evaluator_backend
 from .precision import keep_mmcv_ops_in_fp32, predictions_to_float32
 from .resume import load_message_hub_state, message_hub_state
@@ -57,11 +58,14 @@ class MMDetModule(pl.LightningModule):
         invalid_loss: what a NaN or infinite loss does (mmdet's ``CheckInvalidLossHook``): ``"raise"`` stops
             training with a ``FloatingPointError`` naming the iteration and every loss term; ``"skip"`` warns
             and skips the step before backward, leaving weights and optimizer untouched (``skipped_steps``).
+        cfg_options: config values to override, as mmdet's ``--cfg-options``: ``["optim_wrapper.optimizer.lr=0.01"]``
+            or ``{"optim_wrapper.optimizer.lr": 0.01}`` (:func:`~mmdet_lightning.config.apply_cfg_options`; a key
+            that is not in the config is an error).
 
     Raises:
         FileNotFoundError: the config or the checkpoint does not exist.
         ValueError: the config cannot be parsed, has no ``model``, or is of an unsupported task;
-            ``invalid_loss`` is not ``"raise"`` or ``"skip"``.
+            ``invalid_loss`` is not ``"raise"`` or ``"skip"``; a ``cfg_options`` key that is not in the config.
 
     Example::
         >>> module = MMDetModule.from_config("configs/mmdet/shapes_retinanet.py")  # doctest: +SKIP
@@ -71,14 +75,15 @@ class MMDetModule(pl.LightningModule):
 
     def __init__(self, config: ConfigLike, load_from: str | None = None, data_root: str | None = None,
                  evaluator_backend: EvaluatorBackend = "pycocotools",
-                 invalid_loss: Literal["raise", "skip"] = "raise") -> None:
+                 invalid_loss: Literal["raise", "skip"] = "raise",
+                 cfg_options: dict[str, Any] | list[str] | None = None) -> None:
         super().__init__()
         if invalid_loss not in ("raise", "skip"):
             raise ValueError(f"Expected argument `invalid_loss` to be one of ('raise', 'skip'), but got {invalid_loss!r}.")
         self.invalid_loss = invalid_loss
         #: training steps skipped because of a NaN or infinite loss (``invalid_loss="skip"``)
         self.skipped_steps = 0
-        self.cfg = load_config(config)
+        self.cfg = load_config(config, cfg_options)
         keep_mmcv_ops_in_fp32()  # so that precision="bf16-mixed" / "16-mixed" work with every model
         if data_root is not None:
             replace_data_root(self.cfg, data_root)
@@ -93,15 +98,16 @@ class MMDetModule(pl.LightningModule):
         model_cfg = copy.deepcopy(self.cfg.model)
         if self.cfg.get("data_preprocessor") is not None:  # as mmengine's Runner.__init__ merges it
             model_cfg.setdefault("data_preprocessor", copy.deepcopy(self.cfg.data_preprocessor))
-        try:
-            self.model = MODELS.build(model_cfg)
-        except KeyError as err:
-            raise ValueError(
-                f"Could not build the config's model `{model_cfg.get('type')}` from mmdet's `MODELS` registry "
-                f"(scope 'mmdet'): {err}\nHint: check the `type` names in `model`; custom modules must be "
-                "imported first (`custom_imports` in the config)."
-            ) from err
-        self.model.init_weights()
+        with library_output():  # init_weights reports every parameter: to mmdet.log, not the console
+            try:
+                self.model = MODELS.build(model_cfg)
+            except KeyError as err:
+                raise ValueError(
+                    f"Could not build the config's model `{model_cfg.get('type')}` from mmdet's `MODELS` registry "
+                    f"(scope 'mmdet'): {err}\nHint: check the `type` names in `model`; custom modules must be "
+                    "imported first (`custom_imports` in the config)."
+                ) from err
+            self.model.init_weights()
         load_from = load_from if load_from is not None else self.cfg.get("load_from")
         self.load_report: LoadReport | None = None
         if load_from:
@@ -165,6 +171,7 @@ class MMDetModule(pl.LightningModule):
         from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 
         trainer = self.trainer
+        attach_log_file(trainer.default_root_dir, trainer.global_rank)
         strategy = trainer.strategy
         if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
             raise ValueError(
@@ -407,11 +414,12 @@ class MMDetModule(pl.LightningModule):
             if cfg is None:
                 raise ValueError(f"The config has no `{stage}_evaluator`; add one, e.g. dict(type='CocoMetric', ...).")
             cfg = copy.deepcopy(cfg)
-            if isinstance(cfg, Mapping) and "metrics" in cfg:  # as mmengine's Runner.build_evaluator
-                cfg.setdefault("type", "Evaluator")
-                self._evaluators[stage] = EVALUATOR.build(cfg)
-            else:
-                self._evaluators[stage] = Evaluator(cfg)
+            with library_output():  # CocoMetric loads its annotation file with pycocotools' prints
+                if isinstance(cfg, Mapping) and "metrics" in cfg:  # as mmengine's Runner.build_evaluator
+                    cfg.setdefault("type", "Evaluator")
+                    self._evaluators[stage] = EVALUATOR.build(cfg)
+                else:
+                    self._evaluators[stage] = Evaluator(cfg)
         return self._evaluators[stage]
 
     def _start_evaluation(self, stage: str, dataloader: Any) -> None:
@@ -425,7 +433,9 @@ class MMDetModule(pl.LightningModule):
     def _finish_evaluation(self, stage: str, dataloader: Any) -> dict[str, float]:
         from mmengine.logging import MessageHub
 
-        metrics = self._evaluator(stage).evaluate(len(first_dataset(dataloader)))
+        evaluator = self._evaluator(stage)
+        with library_output():  # pycocotools' summary blocks and mmdet's copypaste lines: to mmdet.log
+            metrics = evaluator.evaluate(len(first_dataset(dataloader)))
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) or (
             isinstance(v, torch.Tensor) and v.numel() == 1)}
         if not scalars:
@@ -435,7 +445,19 @@ class MMDetModule(pl.LightningModule):
             hub.update_scalar(f"{stage}/{key}", value)
         self.log_dict(scalars, on_step=False, on_epoch=True)
         self.last_eval_metrics = scalars
+        if self.trainer.state.fn == "fit":  # validate / test print Lightning's own table at their end
+            self._print_metrics(scalars)
         return scalars
+
+    @rank_zero_only
+    def _print_metrics(self, scalars: Mapping[str, float]) -> None:
+        """The validation's COCO metrics as one table, above the progress bar."""
+        table = metrics_table(scalars, f"epoch {self.current_epoch + 1} validation")
+        bar = self.trainer.progress_bar_callback
+        if bar is not None:
+            bar.print(table)
+        else:
+            print(table, flush=True)
 
     def _metrics_without_detections(self, stage: str) -> dict[str, float]:
         """CocoMetric returns nothing when no image has a detection (a new model, say): log 0.0 instead,

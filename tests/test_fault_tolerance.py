@@ -144,7 +144,7 @@ def test_cli_fit_ckpt_path_continues_the_wandb_run_of_the_checkpoint(tmp_path: P
     from jsonargparse import Namespace
 
     from mmdet_lightning.callbacks import wandb_run_id
-    from mmdet_lightning.cli import _continue_wandb_run
+    from mmdet_lightning.lightning_cli import _continue_wandb_run
 
     ckpt = tmp_path / "last.ckpt"
     torch.save({"callbacks": {"MMDetWandbCallback": {"run_id": "abc123", "WandbIntervalMetrics": {}}}}, ckpt)
