@@ -33,7 +33,6 @@ def main() -> None:
     parser.add_argument("--num-eval-images", type=int, default=20, help="images in the W&B tables")
     args = parser.parse_args()
 
-    os.environ.setdefault("WANDB_MODE", "offline")
     make_shapes_dataset(args.data_root, num_train=args.num_train, num_val=args.num_val)
     cfg = replace_data_root(load_config(args.config), args.data_root)
     epochs = args.epochs or cfg.train_cfg.max_epochs

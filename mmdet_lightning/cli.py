@@ -58,7 +58,6 @@ def lightning_config_from_mmdet(config_path: str | os.PathLike, subcommand: str 
         2
     """
     from .config import load_config
-    from .wandb.logger import wandb_credentials
 
     cfg = load_config(config_path, cfg_options)
     train_cfg = cfg.get("train_cfg") or {}
@@ -87,7 +86,8 @@ def lightning_config_from_mmdet(config_path: str | os.PathLike, subcommand: str 
     wandb = _wandb_settings(cfg)
     if wandb is not None:
         init_kwargs = dict(wandb.get("init_kwargs") or {})
-        logger_args = {"save_dir": init_kwargs.pop("dir", work_dir), "offline": not wandb_credentials()}
+        # ResilientWandbLogger logs offline without an account (and says how to sync), unless WANDB_MODE decides
+        logger_args: dict[str, Any] = {"save_dir": init_kwargs.pop("dir", work_dir)}
         if init_kwargs.pop("mode", None) == "offline":
             logger_args["offline"] = True
         logger_args.update(init_kwargs)
@@ -180,8 +180,10 @@ def run(argv: Sequence[str] | None = None) -> "MMDetLightningCLI | None":
         print(f"mmdet-lightning: derived from {config_path} (saved as {derived_file}):\n"
               + yaml.safe_dump(derived, sort_keys=False), flush=True)
         args = [subcommand, "--config", str(derived_file), *rest]
-    elif cfg_options:
-        args.append("--model.cfg_options=" + json.dumps(cfg_options))
+    elif cfg_options:  # after the YAML configs, before the other options (--print_config acts where it stands)
+        configs = [i for i, arg in enumerate(args) if arg == "--config" or arg.startswith("--config=")]
+        at = (configs[-1] + (1 if args[configs[-1]].startswith("--config=") else 2)) if configs else 1
+        args.insert(at, "--model.cfg_options=" + json.dumps(cfg_options))
     from .lightning_cli import MMDetLightningCLI
 
     try:

@@ -181,8 +181,8 @@ def _check_key(cfg: Mapping[str, Any], key: str) -> None:
             raise ValueError(
                 f"--cfg-options: `{key}` is not in the config: {where} has {what} `{part}`"
                 + (f" (nearest: {', '.join(near)})" if choices else "") + ".\n"
-                "Hint: check the spelling against the config (`mmdet-lightning fit CONFIG.py --print_config` "
-                "shows it); mmengine would add the key silently and train with the old value."
+                "Hint: check the spelling against the config (mmengine's `Config.fromfile(path).pretty_text` shows "
+                "every key); mmengine would add an unknown key silently and train with the old value."
             )
         node = node[part] if hasattr(node, "keys") else node[int(part)]
 

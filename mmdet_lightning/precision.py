@@ -11,7 +11,7 @@ and their precision flag.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

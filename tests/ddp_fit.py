@@ -9,7 +9,6 @@ fit, the images of PREDICT_FOLDER are predicted with a DetectionWriter into OUT_
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,7 +26,6 @@ def main() -> None:
     out, data_root, load_from = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     devices, predict_folder = int(sys.argv[4]), sys.argv[5]
     torch.set_num_threads(1)
-    os.environ.setdefault("WANDB_MODE", "offline")
     cfg = replace_data_root(load_config(Path(__file__).parents[1] / "configs/mmdet/shapes_faster_rcnn.py"), data_root)
     cfg.train_dataloader.batch_size = 2
     cfg.val_dataloader.batch_size = 2

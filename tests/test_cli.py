@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from pycocotools.coco import COCO
+from yaml import safe_load as yaml_load
 
 from mmdet_lightning.cli import lightning_config_from_mmdet, run
 from mmdet_lightning.wandb.records import artifacts, find_run_file, history, read_records
@@ -165,3 +166,30 @@ def test_predict_on_a_folder_without_images(shapes_root: Path, tmp_path: Path) -
     with pytest.raises(FileNotFoundError, match="holds no images"):
         run(["predict", *_common(shapes_root), "--data.predict_folder", str(tmp_path / "empty"),
              "--trainer.default_root_dir", str(tmp_path)])
+
+
+def test_cfg_options_reach_the_optimizer_schedules_and_dataloader(shapes_root: Path) -> None:
+    cli = run(["fit", str(CONFIGS / "shapes_retinanet.py"), "--model.data_root", str(shapes_root),
+               "--cfg-options", "optim_wrapper.optimizer.lr=0.005", "train_dataloader.batch_size=2",
+               "param_scheduler.1.milestones=[1,2]", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"])
+    assert cli.model.optim_wrapper.optimizer.param_groups[0]["initial_lr"] == 0.005
+    assert cli.trainer.train_dataloader.batch_sampler.batch_size == 2
+    assert sorted(cli.model.param_schedulers[1].milestones) == [1, 2]  # a nested list value
+    assert cli.datamodule.cfg.train_dataloader.batch_size == 2 and cli.model.cfg.train_dataloader.batch_size == 2
+
+
+def test_cfg_options_with_a_yaml_config(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        run(["fit", "--config", str(YAML), "--cfg-options", "train_dataloader.batch_size=2", "--print_config"])
+    printed = yaml_load(capsys.readouterr().out)
+    assert printed["model"]["cfg_options"] == ["train_dataloader.batch_size=2"]  # linked to data.cfg_options
+
+
+@pytest.mark.parametrize("form", ["mmdet config", "yaml"])
+def test_cfg_options_key_not_in_the_config(form: str) -> None:
+    head = ["fit", str(CONFIGS / "shapes_retinanet.py")] if form == "mmdet config" else [
+        "fit", "--config", str(YAML), "--model.config", str(CONFIGS / "shapes_faster_rcnn.py")]
+    with pytest.raises(ValueError, match=r"`optim_wrapper.optimizer.lrr` is not in the config.*nearest: lr"):
+        run([*head, "--cfg-options", "optim_wrapper.optimizer.lrr=0.1"])
+    with pytest.raises(ValueError, match=r"`train_dataloader` has no `batchsize` \(nearest: batch_size,"):
+        run([*head, "--cfg-options", "train_dataloader.batchsize=2"])

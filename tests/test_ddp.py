@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,16 @@ from mmdet_lightning import MMDetDataModule, MMDetModule
 from mmdet_lightning.callbacks import DetectionWriter
 from mmdet_lightning.wandb.records import artifacts, find_run_file, read_records
 
+from .user_env import run_as_user
+
 TESTS = Path(__file__).parent
 
 
-def _run_script(name: str, *args: Any) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, str(TESTS / name), *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=900)
+def _run_script(name: str, out: Path, *args: Any) -> subprocess.CompletedProcess:
+    """``tests/<name> out args...`` in a fresh process, as a new user's shell runs it (no W&B account or
+    WANDB_MODE: the script's WandbLogger(offline=True) decides), stdin closed."""
+    out.mkdir(parents=True, exist_ok=True)
+    return run_as_user(["python", str(TESTS / name), str(out), *map(str, args)], cwd=out, timeout=900)
 
 
 def _predictions_by_image(path: Path) -> dict[int, list[tuple[int, float]]]:

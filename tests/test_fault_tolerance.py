@@ -8,7 +8,6 @@ states as well as the data position).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -22,14 +21,17 @@ import torch
 from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
 from mmdet_lightning.wandb.records import artifacts, find_run_file, read_records
 
+from .user_env import user_environment
+
 SCRIPT = Path(__file__).with_name("fault_fit.py")
 
 
 def _fit(out: Path, data_root: Path, *args: str, **environ: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONWARNINGS": "ignore", **environ}
-    env.pop("WANDB_SERVICE", None)  # its own wandb service, as a separate job has (not this test process's)
+    """A training job in a fresh process, in a new user's environment (no WANDB_* variables: its own wandb
+    service, no account; the script's WandbLogger(offline=True) decides the mode), stdin closed."""
+    env = user_environment(out.parent / f"home_{out.name}", **environ)
     return subprocess.run([sys.executable, str(SCRIPT), str(out), str(data_root), *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

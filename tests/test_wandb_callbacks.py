@@ -229,3 +229,23 @@ def test_checkpoint_interval_must_be_a_multiple_of_validation(shapes_config: Any
         trainer.fit(MMDetModule(cfg), datamodule=MMDetDataModule(cfg))
     assert trainer.global_step == 0
     trainer.logger.experiment.finish()
+
+
+@pytest.mark.parametrize("settings, expected", [(None, 1.0), ({"x_transaction_log_flush_interval": 5.0}, 5.0)],
+                         ids=["ours", "the user's"])
+def test_the_run_flushes_every_second_unless_the_user_says_otherwise(shapes_config: Any, tmp_path: Path,
+                                                                    settings: Any, expected: float) -> None:
+    """The 1 s transaction-log flush is added to the logger's own run, and a value the user set wins."""
+    import wandb
+
+    cfg = shapes_config("shapes_retinanet.py")
+    kwargs = {} if settings is None else {"settings": wandb.Settings(**settings)}
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), **kwargs)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, accelerator="cpu", logger=logger,
+                         callbacks=[MMDetWandbCallback(interval=1, num_eval_images=0)], enable_progress_bar=False,
+                         enable_checkpointing=False)
+    trainer.fit(MMDetModule(cfg), datamodule=MMDetDataModule(cfg))
+    assert logger.experiment.settings.x_transaction_log_flush_interval == expected
+    assert logger.experiment.settings._offline  # what offline=True asked for
+    logger.experiment.finish()
+    assert [row["train/loss"] > 0 for row in history(read_records(find_run_file(tmp_path))) if "train/loss" in row]

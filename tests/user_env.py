@@ -21,11 +21,14 @@ _USER_CHOICES = ("NETRC", "PYTHONWARNINGS")
 def user_environment(home: Path, **extra: str) -> dict[str, str]:
     """``os.environ`` less every W&B variable and netrc, with ``HOME`` = ``home`` (created), plus ``extra``.
 
-    The repository is on ``PYTHONPATH`` so that the process imports this checkout's package.
+    The repository is on ``PYTHONPATH`` so that the process imports this checkout's package, and the
+    interpreter's ``bin`` folder on ``PATH`` (an activated virtual environment).
     """
     home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k not in _USER_CHOICES}
     env["HOME"] = str(home)
+    # the environment's scripts (mmdet-lightning) on PATH, as in a shell with the virtual environment activated
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     env.update(extra)
     return env
