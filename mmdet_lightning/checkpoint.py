@@ -119,8 +119,9 @@ def load_checkpoint_file(path: str | os.PathLike, trust: bool = False, map_locat
 
 def _unsafe_message(path: Path, error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    details = [line for line in lines if not line.startswith(("Weights only load failed", "Check the documentation"))]
-    detail = (details or lines or ["unknown type"])[0].removeprefix("WeightsUnpickler error: ")
+    named = [line.split("WeightsUnpickler error:")[-1].strip() for line in lines if "WeightsUnpickler error:" in line]
+    details = named or [line for line in lines if "GLOBAL" in line] or lines or ["unknown type"]
+    detail = details[0]
     return (
         f"Checkpoint {str(path)!r} was refused: loading it would need full unpickling, which can run code stored "
         f"in the file ({detail}). Only tensors, Python containers, NumPy values and mmengine's HistoryBuffer are "
