@@ -190,3 +190,20 @@ def test_damaged_annotation_file_is_named_before_training(shapes_root: Path, tmp
     with pytest.raises(ValueError, match=rf"(?s)Annotation file '{ann}' {expected}.*Hint: "):
         trainer.fit(MMDetModule(cfg), datamodule=MMDetDataModule(cfg))
     assert trainer.global_step == 0
+
+
+def test_model_zoo_style_checkpoint_loads_with_weights_only(shapes_config: Any, tmp_path: Path) -> None:
+    """As mmdet's published files: the legacy (non-zip) format, an OrderedDict of weights, mmdet 2.x meta."""
+    from collections import OrderedDict
+
+    from mmdet_lightning.synthetic import CLASSES
+
+    cfg = shapes_config("shapes_retinanet.py")
+    state = OrderedDict(MMDetModule(cfg).model.state_dict())
+    meta = {"mmdet_version": "2.25.0", "CLASSES": tuple(CLASSES), "config": "model = dict(type='RetinaNet')",
+            "epoch": 12, "iter": 87960, "time": "Sat Jun 11 08:52:12 2022", "hook_msgs": {"last_ckpt": "x.pth"}}
+    path = tmp_path / "retinanet_r50_fpn_1x_coco.pth"
+    torch.save({"meta": meta, "state_dict": state}, path, _use_new_zipfile_serialization=False)
+    module = MMDetModule(cfg, load_from=str(path))
+    assert len(module.load_report.loaded) == len(state) and not module.load_report.missing
+    assert load_checkpoint_file(path)["meta"]["CLASSES"] == tuple(CLASSES)
