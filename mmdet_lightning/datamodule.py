@@ -244,7 +244,7 @@ def _check_dataset_paths(loader_key: str, cfg: Mapping[str, Any]) -> None:
                 f"(data_root={data_root!r}, ann_file={ann_file!r}).\n{hint}"
             )
         if path is not None and path.suffix == ".json" and path.stat().st_size == 0:
-            raise ValueError(f"{loader_key}: annotation file {str(path)!r} is empty (0 bytes).\n" + _DAMAGED_JSON_HINT)
+            raise ValueError(f"{loader_key}: Annotation file {str(path)!r} is empty (0 bytes).\n" + _DAMAGED_JSON_HINT)
     img_dir = (cfg.get("data_prefix") or {}).get("img")
     if img_dir is not None:
         path = _resolve(data_root, img_dir)

@@ -139,6 +139,7 @@ def test_own_checkpoints_load_and_resume_with_weights_only(lightning_checkpoint:
     assert MMDetModule(cfg, load_from=str(tmp_path / "ckpt" / "last.ckpt")).load_report.loaded
 
 
+@pytest.mark.slow
 def test_cli_resumes_its_own_checkpoint(shapes_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     common = ["--config", str(YAML), "--model.config", str(CONFIGS / "shapes_retinanet.py"),

@@ -48,6 +48,7 @@ def test_read_only_folder_keeps_the_existing_checkpoint(tmp_path: Path) -> None:
         assert io.load_checkpoint(folder / "last.ckpt")["epoch"] == 0
 
 
+@pytest.mark.slow
 def test_disk_full_stops_training_and_keeps_what_was_written(shapes_config: Any, tmp_path: Path) -> None:
     cfg = shapes_config("shapes_retinanet.py")
 
