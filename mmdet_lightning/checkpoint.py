@@ -3,23 +3,140 @@
 mmdet checkpoints keep the detector's weights under ``state_dict`` with keys such as
 ``backbone.conv1.weight``; Lightning checkpoints of :class:`~mmdet_lightning.MMDetModule` keep the same
 weights under ``model.``. Both load here, from a local path or a URL (mmengine's ``CheckpointLoader``).
+
+Every checkpoint file is read by :func:`load_checkpoint_file`: ``torch.load(weights_only=True)`` with the few
+types that mmengine's ``Runner`` checkpoints hold allow-listed (NumPy arrays, scalars and dtypes, ``HistoryBuffer``),
+so that no file runs code while it loads. A file that needs full unpickling is refused unless the user trusts it
+(``trust=True`` or ``MMDET_LIGHTNING_TRUST_CHECKPOINTS=1``); a damaged file is named as such.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "load_detector_weights", "read_state_dict", "to_mmdet_checkpoint"]
+__all__ = ["CheckpointDamagedError", "LoadReport", "TRUST_ENV", "UnsafeCheckpointError", "load_checkpoint_file",
+           "load_detector_weights", "read_state_dict", "safe_checkpoint_types", "to_mmdet_checkpoint"]
 
 log = logging.getLogger(__name__)
 _PREFIXES = ("model.", "module.")
+#: set to 1 to load checkpoint files that need full unpickling (only for files you trust: they can run code)
+TRUST_ENV = "MMDET_LIGHTNING_TRUST_CHECKPOINTS"
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint file holds objects that only full unpickling (which can run code) would create."""
+
+
+class CheckpointDamagedError(RuntimeError):
+    """A checkpoint file is truncated, empty or not a checkpoint at all."""
+
+
+def _numpy_globals() -> list[Any]:
+    import numpy as np
+
+    found: list[Any] = [np.ndarray, np.dtype]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # NumPy 1.x and 2.x pickle paths
+        with contextlib.suppress(ImportError, AttributeError):
+            multiarray = __import__(module, fromlist=["scalar"])
+            found += [(multiarray.scalar, f"{module}.scalar"), (multiarray._reconstruct, f"{module}._reconstruct")]
+    dtypes = getattr(np, "dtypes", None)  # NumPy >= 1.25 pickles dtypes as numpy.dtypes.<Name>DType
+    if dtypes is not None:
+        found += [getattr(dtypes, name) for name in dir(dtypes) if name.endswith("DType")]
+    return found
+
+
+def _history_buffer_method(owner: Any, name: str) -> Any:
+    """``builtins.getattr`` as a checkpoint may call it: only for the statistics methods of mmengine's
+    ``HistoryBuffer`` (``min``, ``max``, ``mean``, ``current``), which its pickled state references."""
+    from mmengine.logging import HistoryBuffer
+
+    methods = {"min", "max", "current", "mean", *HistoryBuffer._statistics_methods}
+    if isinstance(owner, type) and issubclass(owner, HistoryBuffer) and name in methods:
+        return getattr(owner, name)
+    raise pickle.UnpicklingError(f"getattr({owner!r}, {name!r}) is not allowed in a checkpoint")
+
+
+@contextlib.contextmanager
+def safe_checkpoint_types() -> Iterator[None]:
+    """Within this context, ``torch.load(weights_only=True)`` also accepts the types of mmengine checkpoints.
+
+    Example::
+        >>> import torch, numpy as np, tempfile
+        >>> path = tempfile.mktemp(suffix=".pth"); torch.save({"seed": np.int64(3)}, path)
+        >>> with safe_checkpoint_types():
+        ...     int(torch.load(path, weights_only=True)["seed"])
+        3
+    """
+    from mmengine.logging import HistoryBuffer
+
+    allowed = [HistoryBuffer, *_numpy_globals(), (_history_buffer_method, "builtins.getattr")]
+    with torch.serialization.safe_globals(allowed):
+        yield
+
+
+def load_checkpoint_file(path: str | os.PathLike, trust: bool = False, map_location: Any = "cpu") -> Any:
+    """Load a local checkpoint file without running code from it (``torch.load(weights_only=True)``, the types
+    of :func:`safe_checkpoint_types` allowed): Lightning checkpoints, mmdet and mmengine ``Runner`` checkpoints,
+    model-zoo files. ``trust=True`` (or ``MMDET_LIGHTNING_TRUST_CHECKPOINTS=1``) loads any file, code included.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError: the file needs full unpickling and is not trusted (the message names the opt-in).
+        CheckpointDamagedError: the file is empty, truncated or not a checkpoint.
+
+    Example::
+        >>> import tempfile
+        >>> path = tempfile.mktemp(suffix=".pth"); torch.save({"state_dict": {"w": torch.ones(1)}}, path)
+        >>> load_checkpoint_file(path)["state_dict"]["w"]
+        tensor([1.])
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist (working directory: {os.getcwd()}).")
+    trusted = trust or os.environ.get(TRUST_ENV, "") not in ("", "0")
+    try:
+        if trusted:
+            return torch.load(source, map_location=map_location, weights_only=False)
+        with safe_checkpoint_types():
+            return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            raise UnsafeCheckpointError(_unsafe_message(source, error)) from None
+        raise CheckpointDamagedError(_damaged_message(source, error)) from None
+    except (EOFError, RuntimeError, ValueError, zipfile.BadZipFile, OSError) as error:
+        raise CheckpointDamagedError(_damaged_message(source, error)) from None
+
+
+def _unsafe_message(path: Path, error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line.split("WeightsUnpickler error:")[-1].strip() for line in lines if "WeightsUnpickler error:" in line]
+    details = named or [line for line in lines if "GLOBAL" in line] or lines or ["unknown type"]
+    detail = details[0]
+    return (
+        f"Checkpoint {str(path)!r} was refused: loading it would need full unpickling, which can run code stored "
+        f"in the file ({detail}). Only tensors, Python containers, NumPy values and mmengine's HistoryBuffer are "
+        f"loaded without trust.\nHint: if you trust the file (you wrote it, or it comes from a source you trust), "
+        f"pass trust_checkpoint=True / trust=True, or set {TRUST_ENV}=1 in the environment."
+    )
+
+
+def _damaged_message(path: Path, error: BaseException) -> str:
+    size = path.stat().st_size if path.exists() else 0
+    return (
+        f"Checkpoint {str(path)!r} is damaged ({size} bytes): it is empty, truncated (a copy or download that did "
+        f"not finish, a full disk) or not a PyTorch checkpoint ({type(error).__name__}: {str(error)[:200]}).\n"
+        "Hint: copy or download the file again, or pick an earlier checkpoint from the same folder."
+    )
 
 
 @dataclass
@@ -52,8 +169,9 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read the weights of an mmdet or mmdet-lightning checkpoint (local path or URL).
+def read_state_dict(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
+    """Read the weights of an mmdet or mmdet-lightning checkpoint (local path or URL), without running code
+    from the file (:func:`load_checkpoint_file`; ``trust=True`` for a trusted file that needs full unpickling).
 
     Raises:
         FileNotFoundError: a local path that does not exist.
@@ -66,7 +184,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"Checkpoint {path!r} does not exist (working directory: {os.getcwd()}).\n"
             "Hint: pass the path or URL of an mmdet checkpoint (.pth) or of a Lightning checkpoint (.ckpt)."
         )
-    checkpoint: Any = CheckpointLoader.load_checkpoint(path, map_location="cpu", logger="silent")
+    if "://" not in path:
+        checkpoint: Any = load_checkpoint_file(path, trust=trust)
+    else:  # mmengine downloads (http, open-mmlab://, s3://...) and loads with torch.load's default, weights_only
+        with safe_checkpoint_types():
+            try:
+                checkpoint = CheckpointLoader.load_checkpoint(path, map_location="cpu", logger="silent")
+            except pickle.UnpicklingError as error:
+                raise UnsafeCheckpointError(_unsafe_message(Path(path), error)) from None
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
     if not isinstance(state, Mapping):
         raise ValueError(f"Checkpoint {path!r} holds no state dict (found {type(state).__name__}).")
@@ -80,7 +205,7 @@ def _strip_prefix(key: str) -> str:
     return key
 
 
-def load_detector_weights(model: nn.Module, path: str | os.PathLike) -> LoadReport:
+def load_detector_weights(model: nn.Module, path: str | os.PathLike, trust: bool = False) -> LoadReport:
     """Load every checkpoint tensor whose name and shape fit ``model``; report the rest.
 
     A head trained for another class count loads everything but the class-dependent layers, which
@@ -94,7 +219,7 @@ def load_detector_weights(model: nn.Module, path: str | os.PathLike) -> LoadRepo
         >>> report.missing, report.unexpected, report.mismatched
         (['bias'], ['extra'], {'weight': ((2, 3), (4, 3))})
     """
-    state = read_state_dict(path)
+    state = read_state_dict(path, trust=trust)
     own = model.state_dict()
     report = LoadReport()
     usable = {}
@@ -113,20 +238,20 @@ def load_detector_weights(model: nn.Module, path: str | os.PathLike) -> LoadRepo
     return report
 
 
-def to_mmdet_checkpoint(lightning_checkpoint: str | os.PathLike, output: str | os.PathLike) -> Path:
+def to_mmdet_checkpoint(lightning_checkpoint: str | os.PathLike, output: str | os.PathLike,
+                        trust: bool = False) -> Path:
     """Write an mmdet checkpoint (``state_dict`` + ``meta.dataset_meta``) from a Lightning checkpoint of
     :class:`~mmdet_lightning.MMDetModule`, for mmdet's own tools (``init_detector``, ``tools/test.py``).
     The way back needs nothing: ``MMDetModule(config, load_from="model.pth")``.
 
     Command line: ``python -m mmdet_lightning.checkpoint last.ckpt model.pth``.
 
+    The file is read without running code from it (:func:`load_checkpoint_file`; ``trust=True`` otherwise).
+
     Raises:
         FileNotFoundError: the Lightning checkpoint does not exist.
     """
-    source = Path(lightning_checkpoint)
-    if not source.is_file():
-        raise FileNotFoundError(f"Checkpoint {str(source)!r} does not exist.")
-    checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint_file(lightning_checkpoint, trust=trust)
     state = {_strip_prefix(k): v for k, v in checkpoint["state_dict"].items()}
     meta = dict(checkpoint.get("meta") or {})
     meta.update(epoch=checkpoint.get("epoch"), iter=checkpoint.get("global_step"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -138,8 +139,11 @@ class MMDetDataModule(pl.LightningDataModule):
 
         init_mmdet_scope()
         diff_rank_seed = bool((self.cfg.get("randomness") or {}).get("diff_rank_seed", False))
-        with library_output():  # datasets load their COCO file with pycocotools' prints
-            return Runner.build_dataloader(loader_cfg, seed=self._seed(), diff_rank_seed=diff_rank_seed)
+        try:
+            with library_output():  # datasets load their COCO file with pycocotools' prints
+                return Runner.build_dataloader(loader_cfg, seed=self._seed(), diff_rank_seed=diff_rank_seed)
+        except json.JSONDecodeError as error:
+            raise _damaged_annotation_error(loader_cfg, error) from error
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
         # The model's data preprocessor moves (and casts) the batch itself, as under mmengine's runner.
@@ -203,6 +207,26 @@ class MMDetDataModule(pl.LightningDataModule):
         return self._build_from(loader)
 
 
+_DAMAGED_JSON_HINT = ("Hint: the file was probably cut short (a copy, download or export that did not finish): "
+                      "write or copy it again; `python -m json.tool FILE` shows where it breaks.")
+
+
+def _damaged_annotation_error(loader_cfg: Any, error: json.JSONDecodeError) -> ValueError:
+    """The dataset of ``loader_cfg`` failed to parse its annotation JSON: name the file (parsing each one of the
+    loader's datasets again, only now that one failed) and the JSON error."""
+    for dataset_cfg in leaf_dataset_cfgs(loader_cfg.get("dataset", {})):
+        path = _resolve(dataset_cfg.get("data_root") or "", dataset_cfg.get("ann_file") or "")
+        if path is None or not path.is_file() or path.suffix != ".json":
+            continue
+        try:
+            with open(path, encoding="utf-8") as file:
+                json.load(file)
+        except json.JSONDecodeError as bad:
+            return ValueError(f"Annotation file {str(path)!r} is not valid JSON ({path.stat().st_size} bytes): "
+                              f"{bad}.\n{_DAMAGED_JSON_HINT}")
+    return ValueError(f"An annotation file of the dataset is not valid JSON: {error}.\n{_DAMAGED_JSON_HINT}")
+
+
 def _resolve(data_root: str | None, path: str) -> Path | None:
     if "://" in path:  # remote backends (s3://, http://) are not checked here
         return None
@@ -223,6 +247,8 @@ def _check_dataset_paths(loader_key: str, cfg: Mapping[str, Any]) -> None:
                 f"{loader_key}: annotation file {str(path)!r} does not exist "
                 f"(data_root={data_root!r}, ann_file={ann_file!r}).\n{hint}"
             )
+        if path is not None and path.suffix == ".json" and path.stat().st_size == 0:
+            raise ValueError(f"{loader_key}: Annotation file {str(path)!r} is empty (0 bytes).\n" + _DAMAGED_JSON_HINT)
     img_dir = (cfg.get("data_prefix") or {}).get("img")
     if img_dir is not None:
         path = _resolve(data_root, img_dir)

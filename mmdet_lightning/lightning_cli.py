@@ -12,9 +12,11 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.utilities import rank_zero_info
 
 from .callbacks.prediction_writer import DetectionWriter
+from .checkpoint import load_checkpoint_file
 from .datamodule import MMDetDataModule
 from .hooks import callbacks_from_config
 from .module import MMDetModule
+from .wandb._common import run_id_in_checkpoint
 
 __all__ = ["MMDetLightningCLI"]
 
@@ -66,8 +68,12 @@ class MMDetLightningCLI(LightningCLI):
                 f"--ckpt_path {ckpt_path!r} does not exist (working directory: {os.getcwd()}).\n"
                 "Hint: pass a checkpoint written by ModelCheckpoint, e.g. work_dirs/<run>/checkpoints/last.ckpt."
             )
-        if subcommand == "fit" and ckpt_path and Path(str(ckpt_path)).is_file():
-            _continue_wandb_run(self.config[subcommand].get("trainer"), str(ckpt_path))
+        if ckpt_path and Path(str(ckpt_path)).is_file():
+            # read it now, safely (weights_only=True): a file that would run code, or a damaged one, stops here
+            trust = bool((self.config[subcommand].get("model") or {}).get("trust_checkpoint", False))
+            checkpoint = load_checkpoint_file(ckpt_path, trust=trust)
+            if subcommand == "fit":
+                _continue_wandb_run(self.config[subcommand].get("trainer"), run_id_in_checkpoint(checkpoint))
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """The Trainer, with the mmdet config's ``custom_hooks`` as callbacks (``callbacks_from_config``),
@@ -94,15 +100,12 @@ class MMDetLightningCLI(LightningCLI):
             rank_zero_info(f"predict: writing results.bbox.json and drawn images to {output}")
 
 
-def _continue_wandb_run(trainer_config: Any, ckpt_path: str) -> None:
+def _continue_wandb_run(trainer_config: Any, run_id: str | None) -> None:
     """``fit --ckpt_path``: the WandbLogger (created before the checkpoint is read) logs to the W&B run that the
     W&B callbacks stored in the checkpoint (``id``; Lightning's WandbLogger resumes with ``resume="allow"``)."""
-    from .wandb import wandb_run_id
-
     loggers = (trainer_config or {}).get("logger")
     loggers = loggers if isinstance(loggers, list) else [loggers]
     wandb_loggers = [logger for logger in loggers if "Wandb" in str(getattr(logger, "class_path", ""))]
-    run_id = wandb_run_id(ckpt_path) if wandb_loggers else None
     for logger in wandb_loggers:
         if run_id and logger.init_args.get("id") is None and logger.init_args.get("version") is None:
             logger.init_args["id"] = run_id

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from .checkpoint import LoadReport, load_detector_weights
+from .checkpoint_io import SafeCheckpointIO
 from .config import ConfigLike, init_mmdet_scope, load_config, replace_data_root
 from .console import attach_log_file, library_output, metrics_table
 from .evaluation import EvaluatorBackend, use_evaluator_backend
@@ -61,6 +63,11 @@ class MMDetModule(pl.LightningModule):
         cfg_options: config values to override, as mmdet's ``--cfg-options``: ``["optim_wrapper.optimizer.lr=0.01"]``
             or ``{"optim_wrapper.optimizer.lr": 0.01}`` (:func:`~mmdet_lightning.config.apply_cfg_options`; a key
             that is not in the config is an error).
+        trust_checkpoint: load ``load_from`` and ``ckpt_path`` files that need full unpickling (they can run code:
+            only for files you trust; also ``MMDET_LIGHTNING_TRUST_CHECKPOINTS=1``). By default checkpoints load with
+            ``torch.load(weights_only=True)`` and mmengine's types allowed
+            (:func:`~mmdet_lightning.checkpoint.load_checkpoint_file`); Lightning checkpoints are written atomically
+            (:class:`~mmdet_lightning.checkpoint_io.SafeCheckpointIO`).
 
     Raises:
         FileNotFoundError: the config or the checkpoint does not exist.
@@ -76,8 +83,9 @@ class MMDetModule(pl.LightningModule):
     def __init__(self, config: ConfigLike, load_from: str | None = None, data_root: str | None = None,
                  evaluator_backend: EvaluatorBackend = "pycocotools",
                  invalid_loss: Literal["raise", "skip"] = "raise",
-                 cfg_options: dict[str, Any] | list[str] | None = None) -> None:
+                 cfg_options: dict[str, Any] | list[str] | None = None, trust_checkpoint: bool = False) -> None:
         super().__init__()
+        self.trust_checkpoint = trust_checkpoint
         if invalid_loss not in ("raise", "skip"):
             raise ValueError(f"Expected argument `invalid_loss` to be one of ('raise', 'skip'), but got {invalid_loss!r}.")
         self.invalid_loss = invalid_loss
@@ -111,7 +119,7 @@ class MMDetModule(pl.LightningModule):
         load_from = load_from if load_from is not None else self.cfg.get("load_from")
         self.load_report: LoadReport | None = None
         if load_from:
-            self.load_report = load_detector_weights(self.model, load_from)
+            self.load_report = load_detector_weights(self.model, load_from, trust=trust_checkpoint)
         self.automatic_optimization = False
         self.save_hyperparameters({"config": self.cfg.to_dict()})
         self.optim_wrapper: OptimWrapper | None = None
@@ -179,12 +187,16 @@ class MMDetModule(pl.LightningModule):
                 "mmengine optimizer, which needs the whole model in each process.\n"
                 "Hint: use strategy='ddp' (or 'auto' on one device)."
             )
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default: safe loads, atomic writes
+            strategy.checkpoint_io = SafeCheckpointIO(trust=self.trust_checkpoint)
         on_cpu = strategy.root_device.type == "cpu"
         cores = os.cpu_count() or 1
-        if on_cpu and trainer.world_size > cores * trainer.num_nodes:
-            raise ValueError(
-                f"devices={trainer.num_devices} CPU processes per node, but this machine has {cores} CPU cores.\n"
-                f"Hint: pass devices <= {cores} with accelerator='cpu', or accelerator='gpu' on a machine with GPUs."
+        if on_cpu and trainer.num_devices > cores:
+            rank_zero_warn(
+                f"devices={trainer.num_devices} CPU processes per node, but this machine has {cores} CPU cores: "
+                "the processes share the cores, so each runs slower (fine for debugging DDP).\n"
+                f"Hint: pass devices <= {cores} with accelerator='cpu' for speed, or accelerator='gpu' on a machine "
+                "with GPUs."
             )
         layer_sync = getattr(strategy, "_layer_sync", None)
         if layer_sync is not None and on_cpu and trainer.world_size > 1:

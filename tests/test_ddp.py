@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +113,14 @@ def _setup(module_or_datamodule: Any, **trainer_kwargs: Any) -> None:
     module_or_datamodule.setup("fit")
 
 
-def test_more_cpu_processes_than_cores(shapes_config: Any) -> None:
+def test_more_cpu_processes_than_cores_run_with_a_warning(shapes_config: Any) -> None:
     cores = os.cpu_count()
-    with pytest.raises(ValueError, match=rf"devices={cores + 1} CPU processes .* has {cores} CPU cores"):
+    with pytest.warns(UserWarning, match=rf"devices={cores + 1} CPU processes per node, but this machine has "
+                                         rf"{cores} CPU cores: the processes share the cores"):
         _setup(MMDetModule(shapes_config("shapes_retinanet.py")), devices=cores + 1, strategy="ddp")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*CPU processes per node")
+        _setup(MMDetModule(shapes_config("shapes_retinanet.py")), devices=cores, strategy="ddp")
 
 
 def test_sync_batchnorm_on_cpu_processes(shapes_config: Any) -> None:

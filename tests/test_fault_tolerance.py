@@ -153,8 +153,8 @@ def test_cli_fit_ckpt_path_continues_the_wandb_run_of_the_checkpoint(tmp_path: P
     assert wandb_run_id(ckpt) == "abc123"
     logger = Namespace(class_path="mmdet_lightning.wandb.ResilientWandbLogger",
                        init_args=Namespace(id=None, version=None, project="p"))
-    _continue_wandb_run(Namespace(logger=logger), str(ckpt))
+    _continue_wandb_run(Namespace(logger=logger), wandb_run_id(ckpt))
     assert logger.init_args.id == "abc123"
     given = Namespace(class_path="pytorch_lightning.loggers.WandbLogger", init_args=Namespace(id="mine", version=None))
-    _continue_wandb_run(Namespace(logger=[given]), str(ckpt))
+    _continue_wandb_run(Namespace(logger=[given]), wandb_run_id(ckpt))
     assert given.init_args.id == "mine"  # an id given on the command line wins

@@ -111,15 +111,27 @@ def warn_if_other_run(logger: "WandbLogger", run_id: str) -> None:
         )
 
 
-def wandb_run_id(ckpt_path: str | os.PathLike) -> str | None:
+def wandb_run_id(ckpt_path: str | os.PathLike, trust: bool = False) -> str | None:
     """The W&B run id that the W&B callbacks stored in a Lightning checkpoint (None when there is none).
+
+    The file is read without running code from it (``mmdet_lightning.checkpoint.load_checkpoint_file``; pass
+    ``trust=True`` for a trusted file that needs full unpickling).
 
     Example::
         >>> logger = WandbLogger(id=wandb_run_id("last.ckpt"), resume="allow")  # doctest: +SKIP
     """
-    import torch
+    from ..checkpoint import load_checkpoint_file
 
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    return run_id_in_checkpoint(load_checkpoint_file(ckpt_path, trust=trust))
+
+
+def run_id_in_checkpoint(checkpoint: Mapping[str, Any]) -> str | None:
+    """The W&B run id stored in a loaded Lightning checkpoint's callback states, or None.
+
+    Example::
+        >>> run_id_in_checkpoint({"callbacks": {"MMDetWandbCallback": {"run_id": "abc"}}})
+        'abc'
+    """
     for state in (checkpoint.get("callbacks") or {}).values():
         for part in [state, *(v for v in state.values() if isinstance(v, dict))] if isinstance(state, dict) else []:
             if isinstance(part, dict) and part.get("run_id"):

@@ -14,6 +14,7 @@ from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from ..checkpoint_io import CheckpointWriteError
 from ._common import find_wandb_logger, finish_run, warn_if_other_run
 
 __all__ = ["WandbCheckpointArtifacts"]
@@ -175,7 +176,8 @@ class WandbCheckpointArtifacts(Callback):
             if fresh:
                 path = max(fresh, key=os.path.getmtime)
                 self._upload(trainer, path, ["interrupted", "latest"], extra={"interrupted": type(exception).__name__})
-        if isinstance(exception, (SystemExit, KeyboardInterrupt)):  # SIGTERMException is a SystemExit
+        # SIGTERMException is a SystemExit; a checkpoint that could not be written (disk full) ends the run too
+        if isinstance(exception, (SystemExit, KeyboardInterrupt, CheckpointWriteError)):
             finish_run(self._logger, exit_code=1)
 
     @rank_zero_only

@@ -1,0 +1,77 @@
+"""Reading and writing Lightning checkpoints safely: no code runs from a file, no file is half-written.
+
+:class:`SafeCheckpointIO` is the ``CheckpointIO`` that :class:`~mmdet_lightning.MMDetModule` puts on the trainer's
+strategy (when it has Lightning's default one). It loads ``trainer.fit(ckpt_path=...)`` and ``--ckpt_path`` files
+with :func:`~mmdet_lightning.checkpoint.load_checkpoint_file` (``weights_only=True``, mmengine's types allowed, a
+damaged file named as such) and writes each checkpoint to a temporary file in the target folder, then renames it
+over the target: a write that fails (disk full, read-only folder) leaves the earlier checkpoints and ``last.ckpt``
+as they were and stops training with :class:`CheckpointWriteError`, naming the folder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from .checkpoint import load_checkpoint_file
+
+__all__ = ["CheckpointWriteError", "SafeCheckpointIO"]
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (no space left, read-only folder, ...); nothing written before is lost."""
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` with safe loading and atomic local writes (see the module docstring).
+
+    Args:
+        trust: load files that need full unpickling (they can run code); also ``MMDET_LIGHTNING_TRUST_CHECKPOINTS=1``.
+
+    Example::
+        >>> trainer = pl.Trainer(plugins=[SafeCheckpointIO()])  # doctest: +SKIP
+    """
+
+    def __init__(self, trust: bool = False) -> None:
+        self.trust = trust
+
+    def load_checkpoint(self, path: Any, map_location: Optional[Callable] = lambda storage, loc: storage,
+                        weights_only: Optional[bool] = None) -> dict[str, Any]:
+        if "://" in str(path):  # remote: Lightning's own loading (fsspec)
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        return load_checkpoint_file(path, trust=self.trust or weights_only is False, map_location=map_location)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        if "://" in str(path) or storage_options is not None:
+            return super().save_checkpoint(checkpoint, path, storage_options=storage_options)
+        target = Path(path)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        temporary: str | None = None
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+            with os.fdopen(handle, "wb") as file:
+                file.write(buffer.getbuffer())
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
+            temporary = None
+        except OSError as error:
+            kept = sorted(p.name for p in target.parent.glob("*.ckpt")) if target.parent.is_dir() else []
+            raise CheckpointWriteError(
+                error.errno, f"Could not write checkpoint {str(target)!r} in folder {str(target.parent)!r} "
+                f"({os.strerror(error.errno) if error.errno else error}); training stopped. The checkpoints already "
+                f"there are unchanged: {', '.join(kept) or 'none'}.\nHint: free space in {str(target.parent)!r} (or "
+                "make it writable), or point ModelCheckpoint(dirpath=...) at another folder, then resume with "
+                f"--ckpt_path {str(target.parent / 'last.ckpt')!r}."
+            ) from error
+        finally:
+            if temporary is not None and os.path.exists(temporary):
+                os.remove(temporary)
