@@ -70,6 +70,23 @@ def flush_transaction_log_often(logger: Any) -> None:
         init["settings"] = settings.model_copy(update=update) if hasattr(settings, "model_copy") else settings
 
 
+def set_default_job_type(logger: Any, job_type: str) -> None:
+    """Give the W&B run of ``logger`` (a ``WandbLogger`` whose run has not started) this ``job_type``
+    unless the user gave one; a no-op once the run exists. Called by ``MMDetModule.prepare_data`` for
+    ``validate`` and ``test``.
+
+    Example::
+        >>> from pytorch_lightning.loggers import WandbLogger
+        >>> logger = WandbLogger(offline=True)
+        >>> set_default_job_type(logger, "validate")
+        >>> logger._wandb_init["job_type"]
+        'validate'
+    """
+    init = getattr(logger, "_wandb_init", None)
+    if getattr(logger, "_experiment", None) is None and isinstance(init, dict) and not init.get("job_type"):
+        init["job_type"] = job_type
+
+
 def _fields_set(settings: Any) -> set[str]:
     """The fields of a ``wandb.Settings`` that were given a value (pydantic's ``model_fields_set``)."""
     fields = getattr(settings, "model_fields_set", None)
