@@ -191,9 +191,10 @@ def confusion_matrix(coco_eval: Any, score_thr: float = 0.3, tp_iou_thr: float =
 
 
 def _loaded_by_coco_dataset(ann: dict[str, Any]) -> bool:
-    """What ``mmdet.datasets.CocoDataset.parse_data_info`` keeps as an instance."""
+    """What ``mmdet.datasets.CocoDataset.parse_data_info`` keeps as an instance (its ``ignore`` check left out:
+    ``COCOeval`` overwrites that key of the ground truth with ``iscrowd``)."""
     x, y, w, h = ann["bbox"]
-    return not ann.get("ignore", False) and w >= 1 and h >= 1 and ann.get("area", w * h) > 0
+    return w >= 1 and h >= 1 and ann.get("area", w * h) > 0
 
 
 def _xyxy(anns: list[dict[str, Any]]) -> np.ndarray:
