@@ -81,13 +81,15 @@ def record_coco_evals() -> Iterator[list[Any]]:
         []
     """
     global _recording
-    original, outer = coco_metric.COCOeval, _recording
+    originals, outer = {name: getattr(coco_metric, name) for name in ("COCOeval", "COCOevalMP")}, _recording
     _recording = []
-    coco_metric.COCOeval = _recorded(getattr(original, "__wrapped__", original))
+    for name, cls in originals.items():  # COCOevalMP: CocoMetric(use_mp_eval=True)
+        setattr(coco_metric, name, _recorded(getattr(cls, "__wrapped__", cls)))
     try:
         yield _recording
     finally:
-        coco_metric.COCOeval = original
+        for name, cls in originals.items():
+            setattr(coco_metric, name, cls)
         _recording = outer
 
 

@@ -448,7 +448,7 @@ class MMDetModule(pl.LightningModule):
     def _coco_evals_by_type(self, stage: str, coco_evals: list[Any]) -> dict[str, Any]:
         """The first ``CocoMetric``'s evaluations by IoU type; where it had no detection to evaluate, an
         evaluation of none (mmdet's metric stops before building it). Only on the rank that evaluated."""
-        found = {ev.params.iouType: ev for ev in coco_evals if getattr(ev.params, "useCats", 1)}
+        found = {ev.params.iouType: _slim(ev) for ev in coco_evals if getattr(ev.params, "useCats", 1)}
         metric = next((m for m in self._evaluator(stage).metrics if hasattr(m, "_coco_api")), None)
         if metric is None or not self.trainer.is_global_zero or metric._coco_api is None or metric.format_only:
             return found
@@ -575,6 +575,15 @@ class MMDetModule(pl.LightningModule):
                 f"another count: {heads}.\nHint: set num_classes={len(classes)} in those heads of the config's "
                 "`model`, or set `metainfo=dict(classes=...)` on the dataset to the model's classes."
             )
+
+
+def _slim(coco_eval: Any) -> Any:
+    """A ``COCOeval`` without its per-image matching (``evalImgs``, ``ious``: the bulk of its memory on large
+    datasets), which the analytics do not read; ``eval``, ``params``, ground truth and detections stay."""
+    for name, empty in (("evalImgs", []), ("ious", {}), ("_evalImgs_cpp", None)):
+        if getattr(coco_eval, name, None) is not None:
+            setattr(coco_eval, name, empty)
+    return coco_eval
 
 
 def _batch_size(loader: Any) -> int:

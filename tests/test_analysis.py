@@ -91,13 +91,16 @@ class _Capture(logging.Handler):
         self.lines.extend(str(record.getMessage()).splitlines())
 
 
-def mmdet_classwise(root: Path, classes: list[str], predictions: dict[int, dict]) -> tuple[dict, dict, list, Any]:
+def mmdet_classwise(root: Path, classes: list[str], predictions: dict[int, dict],
+                    metric_type: str = "CocoMetric") -> tuple[dict, dict, list, Any]:
     """What ``CocoMetric(classwise=True)`` computes and prints, with the ``COCOeval`` objects it built."""
     from mmdet.evaluation import CocoMetric
     from mmengine.logging import MMLogger
 
+    from mmdet_lightning.evaluation import FastCocoMetric
+
     coco = json.loads((root / "annotations" / "instances_val.json").read_text())
-    metric = CocoMetric(ann_file=str(root / "annotations" / "instances_val.json"), metric="bbox", classwise=True)
+    metric = {"CocoMetric": CocoMetric, "FastCocoMetric": FastCocoMetric}[metric_type](ann_file=str(root / "annotations" / "instances_val.json"), metric="bbox", classwise=True)
     metric.dataset_meta = {"classes": tuple(classes)}
     samples = [{"img_id": image["id"], "ori_shape": (image["height"], image["width"]),
                 "pred_instances": predictions[image["id"]]} for image in coco["images"]]
@@ -176,6 +179,19 @@ def test_converters_give_mmdet_numbers(tmp_path: Path, variant: str) -> None:
     assert ours[-1, :-1].sum() > 0 and ours[:-1, -1].sum() > 0  # false positives and missed objects both occur
     if variant == "no_gt":
         assert ours[2, :].sum() == 0
+
+
+def test_faster_coco_eval_gives_the_same_analytics(tmp_path: Path) -> None:
+    root, classes = make_variant(tmp_path, "crowd")
+    predictions = make_predictions(root, len(classes))
+    (reference,) = mmdet_classwise(root, classes, predictions)[2]
+    (faster,) = mmdet_classwise(root, classes, predictions, "FastCocoMetric")[2]
+    assert type(faster).__name__ == "COCOeval_faster"
+    for ours, theirs in zip(analysis.class_ap(faster), analysis.class_ap(reference), strict=True):
+        assert (ours.name, ours.num_gt, ours.num_det) == (theirs.name, theirs.num_gt, theirs.num_det)
+        assert [ours.ap, ours.ap50, ours.ap75] == pytest.approx([theirs.ap, theirs.ap50, theirs.ap75], abs=1e-6)
+    assert analysis.pr_curves(faster).mean.tolist() == pytest.approx(analysis.pr_curves(reference).mean.tolist())
+    np.testing.assert_array_equal(analysis.confusion_matrix(faster), analysis.confusion_matrix(reference))
 
 
 def test_no_detections_at_all(tmp_path: Path) -> None:
