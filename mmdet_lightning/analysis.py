@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,15 +89,14 @@ def class_ap(coco_eval: Any, score_thr: float = 0.3) -> list[ClassAP]:
     """
     precision = coco_eval.eval["precision"]  # (iou, recall, class, area, max dets)
     img_ids = set(coco_eval.params.imgIds)
-    gts, dets = _anns(coco_eval.cocoGt, img_ids), _anns(coco_eval.cocoDt, img_ids)
+    num_gt = Counter(a["category_id"] for a in _anns(coco_eval.cocoGt, img_ids) if not a.get("iscrowd", 0))
+    num_det = Counter(a["category_id"] for a in _anns(coco_eval.cocoDt, img_ids) if a.get("score", 1.0) > score_thr)
+    at = [_iou_index(coco_eval, iou) for iou in (0.5, 0.75)]
     rows = []
     for k, (cat_id, name) in enumerate(zip(coco_eval.params.catIds, class_names(coco_eval))):
-        at = {iou: _iou_index(coco_eval, iou) for iou in (0.5, 0.75)}
-        ap50, ap75 = (None if i is None else _mean_valid(precision[i, :, k, 0, -1]) for i in at.values())
-        rows.append(ClassAP(
-            name=name, ap=_mean_valid(precision[:, :, k, 0, -1]), ap50=ap50, ap75=ap75,
-            num_gt=sum(1 for a in gts if a["category_id"] == cat_id and not a.get("iscrowd", 0)),
-            num_det=sum(1 for a in dets if a["category_id"] == cat_id and a.get("score", 1.0) > score_thr)))
+        ap50, ap75 = (None if i is None else _mean_valid(precision[i, :, k, 0, -1]) for i in at)
+        rows.append(ClassAP(name=name, ap=_mean_valid(precision[:, :, k, 0, -1]), ap50=ap50, ap75=ap75,
+                            num_gt=num_gt[cat_id], num_det=num_det[cat_id]))
     return rows
 
 
