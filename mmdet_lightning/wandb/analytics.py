@@ -101,6 +101,7 @@ class WandbEvalAnalytics(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._logger = find_wandb_logger(trainer, type(self).__name__)
+        self._stage = stage
 
     # ------------------------------------------------------------------ timing and model complexity
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -216,7 +217,8 @@ class WandbEvalAnalytics(Callback):
         return {"best": self.best, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best, self.best_epoch = state_dict.get("best"), state_dict.get("best_epoch")
+        if getattr(self, "_stage", "fit") == "fit":  # `validate --ckpt_path` restores callbacks too: not its best
+            self.best, self.best_epoch = state_dict.get("best"), state_dict.get("best_epoch")
 
 
 def model_complexity(pl_module: pl.LightningModule, batch: Any) -> dict[str, float]:

@@ -91,6 +91,7 @@ class WandbDetectionTables(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._logger = find_wandb_logger(trainer, type(self).__name__)
+        self._stage = stage
 
     def _active(self, trainer: pl.Trainer) -> bool:
         return self.num_eval_images > 0 and not trainer.sanity_checking and trainer.state.fn in (
@@ -229,8 +230,9 @@ class WandbDetectionTables(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # resumed: the same images; `val` is not logged again (the prediction tables embed their images,
         # since the `val` entries of the earlier process cannot be referenced before `wandb sync`)
+        # `validate` / `test --ckpt_path` restore callbacks too, into a new run: the same images, `val` logged there
         self.indices = state_dict.get("indices")
-        self.val_logged = bool(state_dict.get("val_logged", False))
+        self.val_logged = bool(state_dict.get("val_logged", False)) and getattr(self, "_stage", "fit") == "fit"
 
 
 def _dataset(trainer: pl.Trainer) -> Any:
