@@ -262,3 +262,43 @@ def test_parts_turn_off_and_bad_arguments() -> None:
             WandbEvalAnalytics(**kwargs)
     with pytest.raises(ValueError, match="`mean_confidence` to be a bool, but got 1"):
         MMDetWandbCallback(mean_confidence=1)
+
+
+@pytest.mark.slow
+def test_cli_validate_logs_the_analytics(shapes_root: Path, trained_checkpoint: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmdet_lightning.cli import run
+
+    from .conftest import CONFIGS, REPO
+
+    monkeypatch.chdir(tmp_path)  # the YAML writes to work_dirs/
+    run(["validate", "--config", str(REPO / "configs" / "lightning" / "shapes_faster_rcnn.yaml"),
+         "--model.config", str(CONFIGS / "shapes_faster_rcnn.py"), "--model.data_root", str(shapes_root),
+         "--model.load_from", str(trained_checkpoint)])
+    run_file = find_run_file(tmp_path / "work_dirs" / "shapes_faster_rcnn" / "wandb")
+    records = read_records(run_file)
+    assert next(r.run for r in records if r.WhichOneof("record_type") == "run").job_type == "validate"
+    (row,) = _rows_with(records, "eval/per_class_ap")
+    table = logged_table(run_file, row, "eval/per_class_ap")
+    assert [r[0] for r in table["data"]] == ["circle", "square", "triangle"] and max(r[1] for r in table["data"]) > 0
+    assert {"eval/bbox_pr_curve_table/path", "eval/confusion_matrix_counts/path"} <= set(row)
+    (pred,) = [a for a in artifacts(records) if a.name.endswith("_pred")]
+    assert set(pred.aliases) == {"validate", "latest"}
+    assert summary(records)["model/params"] > 0
+
+
+def test_validate_from_a_fit_checkpoint_starts_its_run_afresh(tmp_path: Path) -> None:
+    """``validate --ckpt_path`` restores callback states (Lightning does for every stage) into a new W&B run:
+    the same images, but `val` is logged there, and the fit's best metric is not that run's."""
+    from mmdet_lightning.callbacks import WandbDetectionTables
+
+    trainer = pl.Trainer(logger=WandbLogger(offline=True, save_dir=str(tmp_path)), accelerator="cpu")
+    fit_state = {"WandbDetectionTables": {"indices": [1, 4], "val_logged": True},
+                 "WandbEvalAnalytics": {"best": 0.5, "best_epoch": 3}}
+    for stage, restored in (("validate", False), ("fit", True)):
+        tables, analytics = WandbDetectionTables(), WandbEvalAnalytics()
+        for part in (tables, analytics):
+            part.setup(trainer, None, stage)
+            part.load_state_dict(fit_state[type(part).__name__])
+        assert tables.indices == [1, 4] and tables.val_logged is restored
+        assert (analytics.best, analytics.best_epoch) == ((0.5, 3) if restored else (None, None))
