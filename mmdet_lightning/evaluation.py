@@ -9,7 +9,7 @@ from lightning_utilities.core.imports import RequirementCache
 from mmdet.evaluation.metrics import coco_metric
 from mmdet.registry import METRICS
 
-__all__ = ["FastCocoMetric", "EVALUATOR_BACKENDS", "use_evaluator_backend"]
+__all__ = ["FastCocoMetric", "EVALUATOR_BACKENDS", "use_evaluator_backend", "record_coco_evals"]
 
 _FASTER_COCO_EVAL = RequirementCache("faster-coco-eval>=1.6")
 EVALUATOR_BACKENDS = ("pycocotools", "faster_coco_eval")
@@ -43,11 +43,54 @@ def _coco_eval_from_faster_coco_eval() -> Iterator[None]:
     from faster_coco_eval import COCOeval_faster
 
     original = coco_metric.COCOeval
-    coco_metric.COCOeval = COCOeval_faster
+    coco_metric.COCOeval = _recorded(COCOeval_faster)
     try:
         yield
     finally:
         coco_metric.COCOeval = original
+
+
+#: the list that ``record_coco_evals`` fills while it is active
+_recording: list[Any] | None = None
+
+
+def _recorded(cls: Any) -> Any:
+    """``cls`` (a COCOeval class) as mmdet's coco_metric builds it, keeping each instance while recording."""
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        coco_eval = cls(*args, **kwargs)
+        if _recording is not None:
+            _recording.append(coco_eval)
+        return coco_eval
+
+    build.__wrapped__ = cls  # type: ignore[attr-defined]
+    return build
+
+
+@contextlib.contextmanager
+def record_coco_evals() -> Iterator[list[Any]]:
+    """Keep every ``COCOeval`` that mmdet's ``CocoMetric`` (or ``FastCocoMetric``) builds in this block.
+
+    They are evaluated and accumulated by the metric itself, so their ``eval["precision"]``, ground truth
+    and detections can be analysed afterwards without evaluating again (``MMDetModule.last_coco_eval``).
+
+    Example::
+        >>> with record_coco_evals() as coco_evals:
+        ...     pass  # evaluator.evaluate(...)
+        >>> coco_evals
+        []
+    """
+    global _recording
+    originals, outer = {name: getattr(coco_metric, name) for name in ("COCOeval", "COCOevalMP")}, _recording
+    _recording = []
+    for name, cls in originals.items():  # COCOevalMP: CocoMetric(use_mp_eval=True)
+        setattr(coco_metric, name, _recorded(getattr(cls, "__wrapped__", cls)))
+    try:
+        yield _recording
+    finally:
+        for name, cls in originals.items():
+            setattr(coco_metric, name, cls)
+        _recording = outer
 
 
 def use_evaluator_backend(evaluator_cfg: Any, backend: EvaluatorBackend) -> Any:

@@ -29,7 +29,7 @@ from .checkpoint import LoadReport, load_detector_weights
 from .checkpoint_io import SafeCheckpointIO
 from .config import ConfigLike, init_mmdet_scope, load_config, replace_data_root
 from .console import attach_log_file, library_output, metrics_table
-from .evaluation import EvaluatorBackend, use_evaluator_backend
+from .evaluation import EvaluatorBackend, record_coco_evals, use_evaluator_backend
 from .precision import keep_mmcv_ops_in_fp32, predictions_to_float32
 from .resume import load_message_hub_state, message_hub_state
 from .utilities import first_dataset
@@ -136,6 +136,9 @@ class MMDetModule(pl.LightningModule):
         self.log_train_scalars = True
         #: scalar results of the latest validation (or test), e.g. ``{"coco/bbox_mAP": 0.57, ...}``
         self.last_eval_metrics: dict[str, float] = {}
+        #: the accumulated ``COCOeval`` of the latest validation (or test) by IoU type (``"bbox"``, ``"segm"``), on
+        #: the process that evaluated (rank 0); empty elsewhere and for evaluators without a ``CocoMetric``
+        self.last_coco_eval: dict[str, Any] = {}
 
     @classmethod
     def from_config(cls, config: ConfigLike, **kwargs: Any) -> "MMDetModule":
@@ -164,11 +167,16 @@ class MMDetModule(pl.LightningModule):
     def prepare_data(self) -> None:
         """The last hook before Lightning starts the loggers' runs: a ``WandbLogger``'s run will write its
         transaction log every second (:func:`~mmdet_lightning.wandb._common.flush_transaction_log_often`; the user's own
-        W&B settings win)."""
-        from .wandb._common import flush_transaction_log_often
+        W&B settings win), its folder is made absolute, and a ``validate`` / ``test`` run gets that ``job_type``
+        unless one was given."""
+        from .wandb._common import absolute_run_dir, flush_transaction_log_often, set_default_job_type
 
+        fn = self.trainer.state.fn
         for logger in self.trainer.loggers:
             flush_transaction_log_often(logger)
+            absolute_run_dir(logger)
+            if fn in ("validate", "test"):
+                set_default_job_type(logger, str(getattr(fn, "value", fn)))
 
     # ------------------------------------------------------------------ strategies
     def setup(self, stage: str) -> None:
@@ -446,8 +454,9 @@ class MMDetModule(pl.LightningModule):
         from mmengine.logging import MessageHub
 
         evaluator = self._evaluator(stage)
-        with library_output():  # pycocotools' summary blocks and mmdet's copypaste lines: to mmdet.log
+        with library_output(), record_coco_evals() as coco_evals:  # pycocotools' blocks: to mmdet.log
             metrics = evaluator.evaluate(len(first_dataset(dataloader)))
+        self.last_coco_eval = self._coco_evals_by_type(stage, coco_evals)
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) or (
             isinstance(v, torch.Tensor) and v.numel() == 1)}
         if not scalars:
@@ -470,6 +479,21 @@ class MMDetModule(pl.LightningModule):
             bar.print(table)
         else:
             print(table, flush=True)
+
+    def _coco_evals_by_type(self, stage: str, coco_evals: list[Any]) -> dict[str, Any]:
+        """The first ``CocoMetric``'s evaluations by IoU type; where it had no detection to evaluate, an
+        evaluation of none (mmdet's metric stops before building it). Only on the rank that evaluated."""
+        found = {ev.params.iouType: _slim(ev) for ev in coco_evals if getattr(ev.params, "useCats", 1)}
+        metric = next((m for m in self._evaluator(stage).metrics if hasattr(m, "_coco_api")), None)
+        if metric is None or not self.trainer.is_global_zero or metric._coco_api is None or metric.format_only:
+            return found
+        from .analysis import empty_coco_eval
+
+        for kind in metric.metrics:
+            if kind in ("bbox", "segm") and kind not in found:
+                found[kind] = empty_coco_eval(metric._coco_api, metric.cat_ids, metric.img_ids, kind,
+                                              metric.iou_thrs, metric.proposal_nums)
+        return found
 
     def _metrics_without_detections(self, stage: str) -> dict[str, float]:
         """CocoMetric returns nothing when no image has a detection (a new model, say): log 0.0 instead,
@@ -586,6 +610,15 @@ class MMDetModule(pl.LightningModule):
                 f"another count: {heads}.\nHint: set num_classes={len(classes)} in those heads of the config's "
                 "`model`, or set `metainfo=dict(classes=...)` on the dataset to the model's classes."
             )
+
+
+def _slim(coco_eval: Any) -> Any:
+    """A ``COCOeval`` without its per-image matching (``evalImgs``, ``ious``: the bulk of its memory on large
+    datasets), which the analytics do not read; ``eval``, ``params``, ground truth and detections stay."""
+    for name, empty in (("evalImgs", []), ("ious", {}), ("_evalImgs_cpp", None)):
+        if getattr(coco_eval, name, None) is not None:
+            setattr(coco_eval, name, empty)
+    return coco_eval
 
 
 def _batch_size(loader: Any) -> int:

@@ -16,7 +16,8 @@ import torch
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
 from mmdet_lightning.callbacks import DetectionWriter
-from mmdet_lightning.wandb.records import artifacts, find_run_file, read_records
+from mmdet_lightning import analysis
+from mmdet_lightning.wandb.records import artifacts, find_run_file, history, logged_table, read_records
 
 from .user_env import run_as_user
 
@@ -69,6 +70,15 @@ def test_two_processes_log_once_and_evaluate_like_one(shapes_root: Path, shapes_
     single = trainer.validate(module, datamodule=MMDetDataModule(cfg))[0]
     assert metrics["coco/bbox_mAP"] > 0
     assert single["coco/bbox_mAP"] == pytest.approx(metrics["coco/bbox_mAP"], abs=1e-3)
+
+    # the analytics of the last validation (logged from rank 0, every image once): those of one process
+    row = [r for r in history(records) if "eval/per_class_ap/path" in r][-1]
+    per_class = logged_table(find_run_file(out), row, "eval/per_class_ap")["data"]
+    rows = analysis.class_ap(module.last_coco_eval["bbox"], score_thr=0.3)
+    assert [r[-3:-1] for r in per_class] == [[c.num_gt, c.num_det] for c in rows] and sum(c.num_det for c in rows) > 0
+    counts = logged_table(find_run_file(out), row, "eval/confusion_matrix_counts")["data"]
+    expected = analysis.confusion_matrix(module.last_coco_eval["bbox"], score_thr=0.3)
+    assert [r[1:] for r in counts] == expected.astype(int).tolist()
 
     # the predictions gathered from both processes: every image once, as one process predicts them
     trainer.predict(module, datamodule=MMDetDataModule(cfg, predict_folder=str(folder)), return_predictions=False)

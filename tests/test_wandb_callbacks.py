@@ -122,9 +122,11 @@ def test_detection_run_logs_what_the_hook_logged(shapes_config: Any, trained_che
         images = [e for e in pred.manifest.contents if e.path.startswith("media/images/")]
         assert images and all(e.ref.startswith("wandb-client-artifact://") and not e.local_path for e in images)
         table = _table(pred, "eval_data")
-        assert table["columns"] == ["image_name", "ground_truth", "prediction"] and len(table["data"]) == 5
+        classes = ["circle", "square", "triangle"]
+        assert table["columns"] == ["image_name", "ground_truth", "prediction", *[f"conf_{c}" for c in classes]]
+        assert len(table["data"]) == 5
         assert [row[0] for row in table["data"]] == [row[0] for row in _table(vals[0], "val_data")["data"]]
-        for _name, truth, prediction in table["data"]:
+        for _name, truth, prediction, *_confidence in table["data"]:
             assert truth["path"] == prediction["path"]  # the same referenced val image
             for box in prediction["boxes"]["predictions"]:
                 assert box["scores"]["score"] > threshold
@@ -181,7 +183,7 @@ def test_instance_segmentation_tables_and_bad_annotations(shapes_config: Any, sh
     assert any(image.get("masks") for _, image in val["data"]), "ground-truth mask layers in the val table"
     pred = _table(_versions(records, "_pred")[0], "eval_data")
     assert len(pred["data"]) == 7
-    assert any(prediction.get("masks") for _, _, prediction in pred["data"]), "mask layers in the prediction table"
+    assert any(row[2].get("masks") for row in pred["data"]), "mask layers in the prediction table"
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,10 @@
 mmdet's ``custom_hooks`` (:mod:`mmdet_lightning.hooks`) and the prediction writer."""
 
 from ..hooks import ModelEMA, PipelineSwitch, SyncNorm, YOLOXModeSwitch, callbacks_from_config
-from ..wandb import (MMDetWandbCallback, WandbCheckpointArtifacts, WandbDetectionTables, WandbIntervalMetrics,
-                     wandb_run_id)
+from ..wandb import (MMDetWandbCallback, WandbCheckpointArtifacts, WandbDetectionTables, WandbEvalAnalytics,
+                     WandbIntervalMetrics, wandb_run_id)
 from .prediction_writer import DetectionWriter
 
 __all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables",
-           "DetectionWriter", "ModelEMA", "PipelineSwitch", "YOLOXModeSwitch", "SyncNorm",
+           "WandbEvalAnalytics", "DetectionWriter", "ModelEMA", "PipelineSwitch", "YOLOXModeSwitch", "SyncNorm",
            "callbacks_from_config", "wandb_run_id"]

@@ -5,6 +5,7 @@
     metrics.py              WandbIntervalMetrics: training scalars every N iterations
     checkpoint_artifacts.py WandbCheckpointArtifacts: ModelCheckpoint's files as `run_<id>_model` artifacts
     tables.py               WandbDetectionTables: `val_data` and `eval_data` tables
+    analytics.py            WandbEvalAnalytics: per-class AP, PR curves, confusion matrix, run summary
     media.py                pure converters: mmdet annotations / predictions -> W&B box and mask dicts
     records.py              reads an offline run's transaction log (`run-*.wandb`) back
 
@@ -15,6 +16,7 @@ Example::
 """
 
 from ._common import wandb_run_id
+from .analytics import WandbEvalAnalytics
 from .callback import MMDetWandbCallback
 from .checkpoint_artifacts import WandbCheckpointArtifacts
 from .logger import ResilientWandbLogger, wandb_credentials
@@ -22,4 +24,5 @@ from .metrics import WandbIntervalMetrics
 from .tables import WandbDetectionTables
 
 __all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables",
+           "WandbEvalAnalytics",
            "ResilientWandbLogger", "wandb_credentials", "wandb_run_id"]

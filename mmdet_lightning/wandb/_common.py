@@ -70,6 +70,41 @@ def flush_transaction_log_often(logger: Any) -> None:
         init["settings"] = settings.model_copy(update=update) if hasattr(settings, "model_copy") else settings
 
 
+def set_default_job_type(logger: Any, job_type: str) -> None:
+    """Give the W&B run of ``logger`` (a ``WandbLogger`` whose run has not started) this ``job_type``
+    unless the user gave one; a no-op once the run exists. Called by ``MMDetModule.prepare_data`` for
+    ``validate`` and ``test``.
+
+    Example::
+        >>> from pytorch_lightning.loggers import WandbLogger
+        >>> logger = WandbLogger(offline=True)
+        >>> set_default_job_type(logger, "validate")
+        >>> logger._wandb_init["job_type"]
+        'validate'
+    """
+    init = getattr(logger, "_wandb_init", None)
+    if getattr(logger, "_experiment", None) is None and isinstance(init, dict) and not init.get("job_type"):
+        init["job_type"] = job_type
+
+
+def absolute_run_dir(logger: Any) -> None:
+    """Make the folder of the W&B run of ``logger`` (a ``WandbLogger`` whose run has not started) absolute, as
+    seen from the current directory: wandb's service resolves a relative ``dir`` against the folder where the
+    process started its first run, so a second run after a ``chdir`` would land elsewhere. A no-op once the
+    run exists. Called by ``MMDetModule.prepare_data``.
+
+    Example::
+        >>> from pytorch_lightning.loggers import WandbLogger
+        >>> logger = WandbLogger(offline=True, save_dir="work_dirs/run")
+        >>> absolute_run_dir(logger)
+        >>> os.path.isabs(logger._wandb_init["dir"])
+        True
+    """
+    init = getattr(logger, "_wandb_init", None)
+    if getattr(logger, "_experiment", None) is None and isinstance(init, dict) and init.get("dir"):
+        init["dir"] = os.path.abspath(init["dir"])
+
+
 def _fields_set(settings: Any) -> set[str]:
     """The fields of a ``wandb.Settings`` that were given a value (pydantic's ``model_fields_set``)."""
     fields = getattr(settings, "model_fields_set", None)

@@ -7,6 +7,7 @@ from typing import Any
 from pytorch_lightning.callbacks import Callback
 
 from ._common import check_non_negative_int, check_unit_interval, finish_run
+from .analytics import WandbEvalAnalytics
 from .checkpoint_artifacts import WandbCheckpointArtifacts
 from .metrics import WandbIntervalMetrics
 from .tables import WandbDetectionTables
@@ -16,24 +17,33 @@ __all__ = ["MMDetWandbCallback"]
 # every Callback hook the parts implement; the group forwards each one to its parts in order
 _FORWARDED_HOOKS = (
     "setup", "teardown", "on_fit_start", "on_train_start", "on_train_epoch_start", "on_train_batch_start",
-    "on_train_batch_end", "on_validation_start", "on_validation_batch_end", "on_validation_epoch_end",
-    "on_validation_end",
+    "on_train_batch_end", "on_validation_start", "on_validation_batch_start", "on_validation_batch_end",
+    "on_validation_epoch_end", "on_validation_end", "on_test_start", "on_test_batch_start", "on_test_batch_end",
+    "on_test_epoch_end", "on_test_end",
 )
 
 
 class MMDetWandbCallback(Callback):
     """The ``MMDetWandbHook`` of mmdet 2.x for Lightning's ``WandbLogger``, with the hook's arguments.
 
-    Made of three callbacks that also work alone: :class:`WandbIntervalMetrics` (``interval``),
-    :class:`WandbCheckpointArtifacts` (``log_checkpoint``, ``log_checkpoint_metadata``) and
-    :class:`WandbDetectionTables` (``num_eval_images``, ``bbox_score_thr``).
+    Made of callbacks that also work alone: :class:`WandbIntervalMetrics` (``interval``),
+    :class:`WandbCheckpointArtifacts` (``log_checkpoint``, ``log_checkpoint_metadata``),
+    :class:`WandbDetectionTables` (``num_eval_images``, ``bbox_score_thr``, ``mean_confidence``) and, beyond
+    the hook, :class:`WandbEvalAnalytics` (``per_class_ap``, ``pr_curves``, ``confusion_matrix``,
+    ``run_summary``; left out when all four are off).
 
     Args:
         interval: log training scalars every N iterations, averaged over them.
         log_checkpoint: upload each checkpoint of ``ModelCheckpoint`` as artifact ``run_<id>_model``.
         log_checkpoint_metadata: add epoch, step and the latest eval metrics to the checkpoint artifacts.
         num_eval_images: validation images in the W&B tables; 0 turns the tables off.
-        bbox_score_thr: predictions with a higher score go into the prediction table.
+        bbox_score_thr: predictions with a higher score go into the prediction table (and the analytics).
+        mean_confidence: add a mean-confidence column a class to ``eval_data``.
+        per_class_ap: log table ``eval/per_class_ap`` after each evaluation.
+        pr_curves: log the precision-recall charts ``eval/<iou type>_pr_curve``.
+        confusion_matrix: log ``eval/confusion_matrix`` (chart) and ``eval/confusion_matrix_counts``.
+        run_summary: best monitored metric and its epoch, parameters, FLOPs and ms per image in the summary.
+        monitor: the metric whose best value the summary holds.
 
     Raises:
         ValueError: a negative ``interval`` or ``num_eval_images``, ``bbox_score_thr`` outside [0, 1].
@@ -41,7 +51,7 @@ class MMDetWandbCallback(Callback):
     Example::
         >>> callback = MMDetWandbCallback(interval=10, log_checkpoint=True, num_eval_images=100, bbox_score_thr=0.3)
         >>> [type(part).__name__ for part in callback.parts]
-        ['WandbIntervalMetrics', 'WandbCheckpointArtifacts', 'WandbDetectionTables']
+        ['WandbIntervalMetrics', 'WandbCheckpointArtifacts', 'WandbDetectionTables', 'WandbEvalAnalytics']
     """
 
     def __init__(
@@ -51,6 +61,12 @@ class MMDetWandbCallback(Callback):
         log_checkpoint_metadata: bool = True,
         num_eval_images: int = 100,
         bbox_score_thr: float = 0.3,
+        mean_confidence: bool = True,
+        per_class_ap: bool = True,
+        pr_curves: bool = True,
+        confusion_matrix: bool = True,
+        run_summary: bool = True,
+        monitor: str = "coco/bbox_mAP",
     ) -> None:
         check_non_negative_int("interval", interval, positive=True)
         check_non_negative_int("num_eval_images", num_eval_images)
@@ -59,7 +75,13 @@ class MMDetWandbCallback(Callback):
         if log_checkpoint:
             self.parts.append(WandbCheckpointArtifacts(log_checkpoint_metadata=log_checkpoint_metadata))
         if num_eval_images > 0:
-            self.parts.append(WandbDetectionTables(num_eval_images=num_eval_images, bbox_score_thr=bbox_score_thr))
+            self.parts.append(WandbDetectionTables(num_eval_images=num_eval_images, bbox_score_thr=bbox_score_thr,
+                                                   mean_confidence=mean_confidence))
+        analytics = dict(per_class_ap=per_class_ap, pr_curves=pr_curves, confusion_matrix=confusion_matrix,
+                         run_summary=run_summary)
+        analytics_part = WandbEvalAnalytics(**analytics, bbox_score_thr=bbox_score_thr, monitor=monitor)
+        if any(analytics.values()):
+            self.parts.append(analytics_part)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """Calls ``on_exception`` of each part; without checkpoint uploads (which finish the run after their

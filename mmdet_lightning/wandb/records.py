@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 if TYPE_CHECKING:
     from wandb.proto.wandb_internal_pb2 import Record
 
-__all__ = ["read_records", "history", "artifacts", "find_run_file"]
+__all__ = ["read_records", "history", "artifacts", "find_run_file", "summary", "logged_table"]
 
 _FILE_HEADER = 7
 _BLOCK = 32768
@@ -100,3 +100,29 @@ def history(records: list["Record"]) -> list[dict[str, Any]]:
 def artifacts(records: list["Record"]) -> list[Any]:
     """The ``artifact`` records (name, type, aliases, metadata JSON, manifest) in logging order."""
     return [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+
+
+def summary(records: list["Record"]) -> dict[str, Any]:
+    """The run summary as the last ``summary`` records left it (top-level keys only)."""
+    found: dict[str, Any] = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                key = item.key or "/".join(item.nested_key)
+                found[key] = json.loads(item.value_json)
+    return found
+
+
+def logged_table(run_file: str | os.PathLike, row: dict[str, Any], key: str) -> dict[str, Any]:
+    """The JSON of table ``key`` logged with ``run.log({key: wandb.Table(...)})`` in history ``row``
+    (a W&B chart's table is ``<key>_table``): ``{"columns": [...], "data": [[...], ...]}``.
+
+    Example::
+        >>> rows = [r for r in history(records) if "eval/per_class_ap/path" in r]  # doctest: +SKIP
+        >>> logged_table(run_file, rows[-1], "eval/per_class_ap")["columns"][0]  # doctest: +SKIP
+        'class'
+    """
+    path = row.get(f"{key}/path") or (row.get(key) or {}).get("path")
+    if path is None:
+        raise KeyError(f"no table {key!r} in this history row (keys: {sorted(row)})")
+    return json.loads((Path(run_file).parent / "files" / path).read_text())

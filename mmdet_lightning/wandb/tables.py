@@ -23,7 +23,7 @@ from ._common import check_non_negative_int, check_unit_interval, find_wandb_log
 if TYPE_CHECKING:
     import wandb
 
-__all__ = ["WandbDetectionTables"]
+__all__ = ["WandbDetectionTables", "mean_confidence"]
 
 
 class WandbDetectionTables(Callback):
@@ -37,7 +37,10 @@ class WandbDetectionTables(Callback):
     table ``eval_data`` (columns ``image_name``, ``ground_truth``, ``prediction``) goes to artifact
     ``run_<run id>_pred`` of type ``evaluation`` with aliases ``epoch_N`` and ``latest``. Its images are
     references to the files of ``val`` (nothing uploaded twice); its boxes are the predictions with a
-    score above ``bbox_score_thr``, each with ``scores`` for the W&B slider.
+    score above ``bbox_score_thr``, each with ``scores`` for the W&B slider. With ``mean_confidence``,
+    one more column a class, ``conf_<class>``: the mean score of that class's predictions in the table's
+    image (None when it has none), as YOLOv5's evaluation table. ``trainer.validate`` and ``trainer.test``
+    log both tables too (on the test set for ``test``), with aliases ``validate`` / ``test`` and ``latest``.
 
     Lifecycle::
 
@@ -51,6 +54,7 @@ class WandbDetectionTables(Callback):
             dataset means all of them (with a warning).
         bbox_score_thr: logged predictions have a score above this, in [0, 1].
         seed: seed of the image choice.
+        mean_confidence: add the ``conf_<class>`` columns to ``eval_data``.
 
     Raises:
         ValueError: ``num_eval_images`` negative, ``bbox_score_thr`` outside [0, 1].
@@ -69,7 +73,11 @@ class WandbDetectionTables(Callback):
     VAL_TABLE = "val_data"
     PRED_TABLE = "eval_data"
 
-    def __init__(self, num_eval_images: int = 100, bbox_score_thr: float = 0.3, seed: int = 42) -> None:
+    def __init__(self, num_eval_images: int = 100, bbox_score_thr: float = 0.3, seed: int = 42,
+                 mean_confidence: bool = True) -> None:
+        if not isinstance(mean_confidence, bool):
+            raise ValueError(f"Expected argument `mean_confidence` to be a bool, but got {mean_confidence!r}.")
+        self.mean_confidence = mean_confidence
         self.num_eval_images = check_non_negative_int("num_eval_images", num_eval_images)
         self.bbox_score_thr = check_unit_interval("bbox_score_thr", bbox_score_thr)
         self.seed = seed
@@ -83,14 +91,16 @@ class WandbDetectionTables(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._logger = find_wandb_logger(trainer, type(self).__name__)
+        self._stage = stage
 
     def _active(self, trainer: pl.Trainer) -> bool:
-        return self.num_eval_images > 0 and not trainer.sanity_checking and trainer.state.fn == "fit"
+        return self.num_eval_images > 0 and not trainer.sanity_checking and trainer.state.fn in (
+            "fit", "validate", "test")
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active(trainer):
             return
-        dataset = first_dataset(trainer.val_dataloaders)
+        dataset = _dataset(trainer)
         if self.indices is None:
             self.indices = self._choose(len(dataset))
         self._by_path = {str(dataset.get_data_info(i)["img_path"]): i for i in self.indices}
@@ -126,8 +136,12 @@ class WandbDetectionTables(Callback):
         for predictions, _ in parts:
             merged.update(predictions)  # padding duplicates from the samplers collapse here
         self._with_masks = any(with_masks for _, with_masks in parts)
-        self._log(trainer, first_dataset(trainer.val_dataloaders), merged)
+        self._log(trainer, _dataset(trainer), merged)
         self._predictions = {}
+
+    on_test_start = on_validation_start
+    on_test_batch_end = on_validation_batch_end
+    on_test_epoch_end = on_validation_epoch_end
 
     @rank_zero_only
     def _log(self, trainer: pl.Trainer, dataset: Any, predictions: dict[int, Instances]) -> None:
@@ -140,7 +154,8 @@ class WandbDetectionTables(Callback):
             self._log_val_table(run, dataset, classes, class_set)
         elif not self._val_images:  # resumed: `val` is in the run already; rebuild its images, log nothing
             self._val_table(dataset, classes, class_set)
-        table = wandb.Table(columns=["image_name", "ground_truth", "prediction"])
+        confidence = [f"conf_{name}" for name in classes] if self.mean_confidence else []
+        table = wandb.Table(columns=["image_name", "ground_truth", "prediction", *confidence])
         artifact = wandb.Artifact(f"run_{run.id}_pred", type="evaluation")
         for index in self.indices or []:
             if index not in self._val_images:
@@ -148,9 +163,11 @@ class WandbDetectionTables(Callback):
             name, gt_image = self._val_images[index]
             self._reference_val_media(artifact, gt_image)
             pred = predictions.get(index, Instances(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0)))
-            table.add_data(name, gt_image, _wandb_image(gt_image, pred, "predictions", classes, class_set))
+            means = mean_confidence(pred, len(classes)) if self.mean_confidence else []
+            table.add_data(name, gt_image, _wandb_image(gt_image, pred, "predictions", classes, class_set), *means)
         artifact.add(table, self.PRED_TABLE)
-        run.log_artifact(artifact, aliases=[f"epoch_{trainer.current_epoch + 1}", "latest"])
+        fn = str(getattr(trainer.state.fn, "value", trainer.state.fn))
+        run.log_artifact(artifact, aliases=[f"epoch_{trainer.current_epoch + 1}" if fn == "fit" else fn, "latest"])
 
     def _log_val_table(self, run: Any, dataset: Any, classes: list[str], class_set: "wandb.Classes") -> None:
         import wandb
@@ -213,8 +230,27 @@ class WandbDetectionTables(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # resumed: the same images; `val` is not logged again (the prediction tables embed their images,
         # since the `val` entries of the earlier process cannot be referenced before `wandb sync`)
+        # `validate` / `test --ckpt_path` restore callbacks too, into a new run: the same images, `val` logged there
         self.indices = state_dict.get("indices")
-        self.val_logged = bool(state_dict.get("val_logged", False))
+        self.val_logged = bool(state_dict.get("val_logged", False)) and getattr(self, "_stage", "fit") == "fit"
+
+
+def _dataset(trainer: pl.Trainer) -> Any:
+    """The dataset being evaluated: the test set in ``trainer.test``, the validation set otherwise."""
+    return first_dataset(trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders)
+
+
+def mean_confidence(instances: Instances, num_classes: int) -> list[float | None]:
+    """The mean score of each class's instances (None for a class without any), YOLOv5's ``avg_confidence``.
+
+    Example::
+        >>> boxes = np.zeros((3, 4))
+        >>> mean_confidence(Instances(boxes, np.array([0, 0, 2]), np.array([0.5, 0.7, 0.9])), 3)
+        [0.6, None, 0.9]
+    """
+    scores = instances.scores if instances.scores is not None else np.ones(len(instances.labels))
+    return [round(float(scores[instances.labels == k].mean()), 6) if (instances.labels == k).any() else None
+            for k in range(num_classes)]
 
 
 def _wandb_image(pixels: Any, instances: Instances, key: str, classes: list[str], class_set: Any) -> "wandb.Image":
