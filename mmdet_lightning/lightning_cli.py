@@ -39,8 +39,9 @@ class _SaveAndLogConfig(SaveConfigCallback):
 class MMDetLightningCLI(LightningCLI):
     """``LightningCLI`` for :class:`MMDetModule` and :class:`MMDetDataModule`, which share the mmdet config.
 
-    ``--model.config``, ``--model.data_root`` and ``--model.cfg_options`` also set the data module's; the optimizer and schedules come from the
-    mmdet config, so ``--optimizer`` / ``--lr_scheduler`` are not offered; so do the config's ``custom_hooks``
+    ``--model.config``, ``--model.data_root`` and ``--model.cfg_options`` also set the data module's; the
+    optimizer and schedules come from the mmdet config, so ``--optimizer`` / ``--lr_scheduler`` are not offered;
+    so do the config's ``custom_hooks``
     (EMA, pipeline switches, ...: :func:`~mmdet_lightning.callbacks.callbacks_from_config`). ``predict`` writes
     COCO results and drawn images with a :class:`DetectionWriter` (``<default_root_dir>/predictions`` unless one is
     configured).

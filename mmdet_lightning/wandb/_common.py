@@ -57,8 +57,8 @@ def flush_transaction_log_often(logger: Any) -> None:
         >>> logger._wandb_init["settings"]
         {'x_transaction_log_flush_interval': 1.0}
     """
-    init = getattr(logger, "_wandb_init", None)
-    if getattr(logger, "_experiment", None) is not None or not isinstance(init, dict):
+    init = _pending_init(logger)
+    if init is None:
         return
     settings = init.get("settings")
     if settings is None:
@@ -82,8 +82,8 @@ def set_default_job_type(logger: Any, job_type: str) -> None:
         >>> logger._wandb_init["job_type"]
         'validate'
     """
-    init = getattr(logger, "_wandb_init", None)
-    if getattr(logger, "_experiment", None) is None and isinstance(init, dict) and not init.get("job_type"):
+    init = _pending_init(logger)
+    if init is not None and not init.get("job_type"):
         init["job_type"] = job_type
 
 
@@ -100,9 +100,15 @@ def absolute_run_dir(logger: Any) -> None:
         >>> os.path.isabs(logger._wandb_init["dir"])
         True
     """
-    init = getattr(logger, "_wandb_init", None)
-    if getattr(logger, "_experiment", None) is None and isinstance(init, dict) and init.get("dir"):
+    init = _pending_init(logger)
+    if init is not None and init.get("dir"):
         init["dir"] = os.path.abspath(init["dir"])
+
+
+def _pending_init(logger: Any) -> dict[str, Any] | None:
+    """The ``wandb.init`` arguments of a ``WandbLogger`` whose run has not started yet (None otherwise)."""
+    init = getattr(logger, "_wandb_init", None)
+    return init if getattr(logger, "_experiment", None) is None and isinstance(init, dict) else None
 
 
 def _fields_set(settings: Any) -> set[str]:
