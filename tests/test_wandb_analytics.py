@@ -100,6 +100,14 @@ def _run(tmp_path: Path, cfg: Any, fn: str, callback: MMDetWandbCallback, epochs
     return read_records(run_file), run_file, recorder, module
 
 
+def _trained_faster_rcnn(shapes_config: Any, trained_checkpoint: Path) -> Any:
+    """The session's trained Faster R-CNN, its evaluator printing mmdet's classwise table (what the tests compare)."""
+    cfg = shapes_config("shapes_faster_rcnn.py", batch_size=4)
+    cfg.load_from = str(trained_checkpoint)
+    cfg.val_evaluator.classwise = True
+    return cfg
+
+
 def _rows_with(records: list, key: str) -> list[dict[str, Any]]:
     return [row for row in history(records) if f"{key}/path" in row]
 
@@ -150,9 +158,7 @@ def _check_confusion(records_row: dict, run_file: Path, prefix: str, expected: n
 @pytest.mark.slow
 def test_fit_logs_mmdet_numbers_after_each_validation(shapes_config: Any, trained_checkpoint: Path,
                                                       tmp_path: Path) -> None:
-    cfg = shapes_config("shapes_faster_rcnn.py", batch_size=4)
-    cfg.load_from = str(trained_checkpoint)
-    cfg.val_evaluator.classwise = True
+    cfg = _trained_faster_rcnn(shapes_config, trained_checkpoint)
     callback = MMDetWandbCallback(interval=1, num_eval_images=4, bbox_score_thr=THR)
     records, run_file, recorder, module = _run(tmp_path, cfg, "fit", callback, epochs=2)
     classes = list(module.trainer.datamodule.val_dataloader().dataset.metainfo["classes"])
@@ -192,9 +198,7 @@ def test_fit_logs_mmdet_numbers_after_each_validation(shapes_config: Any, traine
 @pytest.mark.slow
 def test_validate_run_has_its_job_type_tables_and_charts(shapes_config: Any, trained_checkpoint: Path,
                                                          tmp_path: Path) -> None:
-    cfg = shapes_config("shapes_faster_rcnn.py", batch_size=4)
-    cfg.load_from = str(trained_checkpoint)
-    cfg.val_evaluator.classwise = True
+    cfg = _trained_faster_rcnn(shapes_config, trained_checkpoint)
     callback = MMDetWandbCallback(num_eval_images=3, bbox_score_thr=THR)
     records, run_file, recorder, module = _run(tmp_path, cfg, "validate", callback)
     classes = list(module.trainer.datamodule.val_dataloader().dataset.metainfo["classes"])

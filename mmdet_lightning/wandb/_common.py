@@ -24,7 +24,6 @@ def find_wandb_logger(trainer: "pl.Trainer", owner: str) -> "WandbLogger":
 
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            flush_transaction_log_often(logger)  # a no-op when Lightning has started the run already
             return logger
     found = [type(logger).__name__ for logger in trainer.loggers] or "none"
     raise MisconfigurationException(
