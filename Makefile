@@ -1,5 +1,5 @@
 # make demo: set up, generate the synthetic data, train a detector with W&B offline, print the mAP
-# make test: set up and run the whole test suite (what CI runs)
+# make test: set up and run the whole test suite, then its core flows on lightning.pytorch (what CI runs)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -12,6 +12,7 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+	$(PY) -m pytest -p tests.lightning_first -m both_packages
 
 bench: setup
 	$(PY) benchmarks/train_overhead.py

@@ -27,10 +27,9 @@ CONFIGS = ["shapes_faster_rcnn.py", "shapes_retinanet.py", "shapes_mask_rcnn.py"
 
 
 def _one(args: argparse.Namespace) -> None:
-    import pytorch_lightning as pl
-
     from mmdet_lightning import MMDetDataModule, MMDetModule
     from mmdet_lightning.config import load_config, replace_data_root
+    from mmdet_lightning.lightning_package import pl
 
     cfg = replace_data_root(load_config(REPO / "configs" / "mmdet" / args.config), args.data_root)
     stamps: list[float] = []

@@ -63,9 +63,8 @@ def _run_mmengine(cfg: Any, work_dir: str) -> list[float]:
 
 
 def _run_lightning(cfg: Any, work_dir: str) -> list[float]:
-    import pytorch_lightning as pl
-
     from mmdet_lightning import MMDetDataModule, MMDetModule
+    from mmdet_lightning.lightning_package import pl
 
     stamps: list[float] = []
 

@@ -26,11 +26,9 @@ def main() -> None:
     parser.add_argument("--load-from", default=None)
     args = parser.parse_args()
 
-    import pytorch_lightning as pl
-    from pytorch_lightning.loggers import WandbLogger
-
     from mmdet_lightning import MMDetDataModule, MMDetModule
     from mmdet_lightning.config import load_config, replace_data_root
+    from mmdet_lightning.lightning_package import pl
     from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
     from mmdet_lightning.wandb import WandbEvalAnalytics
     from mmdet_lightning.wandb import analytics as analytics_module
@@ -72,7 +70,7 @@ def main() -> None:
             durations.append(analytics.last_duration)
 
         analytics._log = timed_log  # type: ignore[method-assign]
-        logger = WandbLogger(offline=True, save_dir=work)
+        logger = pl.loggers.WandbLogger(offline=True, save_dir=work)
         trainer = pl.Trainer(max_epochs=args.epochs, limit_train_batches=1, accelerator="cpu", logger=logger,
                              callbacks=[clock, analytics], enable_progress_bar=False, num_sanity_val_steps=0,
                              enable_checkpointing=False)

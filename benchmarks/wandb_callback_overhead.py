@@ -24,21 +24,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _one_run(args: argparse.Namespace) -> None:
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import WandbLogger
-
     from mmdet_lightning import MMDetDataModule, MMDetModule
     from mmdet_lightning.callbacks import MMDetWandbCallback
     from mmdet_lightning.config import load_config, replace_data_root
+    from mmdet_lightning.lightning_package import pl
 
     cfg = replace_data_root(load_config(REPO / "configs" / "mmdet" / args.config), args.data_root)
     cfg.train_cfg.max_epochs = args.epochs
     with tempfile.TemporaryDirectory() as work_dir:
-        callbacks = [ModelCheckpoint(dirpath=work_dir, every_n_epochs=1, save_top_k=-1)]
+        callbacks = [pl.callbacks.ModelCheckpoint(dirpath=work_dir, every_n_epochs=1, save_top_k=-1)]
         if args.one == "with":
             callbacks.append(MMDetWandbCallback(interval=50, log_checkpoint=True, num_eval_images=100))
-        logger = WandbLogger(offline=True, save_dir=work_dir, project="bench")
+        logger = pl.loggers.WandbLogger(offline=True, save_dir=work_dir, project="bench")
         trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, logger=logger, callbacks=callbacks,
                              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                              default_root_dir=work_dir)

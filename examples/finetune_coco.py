@@ -18,13 +18,13 @@ import argparse
 import json
 from pathlib import Path
 
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import WandbLogger
-
 from mmdet_lightning import MMDetDataModule, MMDetModule
 from mmdet_lightning.callbacks import MMDetWandbCallback
 from mmdet_lightning.config import load_config, replace_data_root, set_classes
+from mmdet_lightning.lightning_package import pl
+
+ModelCheckpoint = pl.callbacks.ModelCheckpoint
+WandbLogger = pl.loggers.WandbLogger
 
 
 def main() -> None:

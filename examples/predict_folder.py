@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 
-import pytorch_lightning as pl
-
 from mmdet_lightning import MMDetDataModule, MMDetModule
 from mmdet_lightning.callbacks import DetectionWriter
+from mmdet_lightning.lightning_package import pl
 
 
 def main() -> None:

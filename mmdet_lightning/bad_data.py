@@ -25,7 +25,9 @@ import os
 import warnings
 from typing import Any, Callable, Iterator
 
-from pytorch_lightning.utilities import rank_zero_warn
+from .lightning_package import pl
+
+rank_zero_warn = pl.utilities.rank_zero_warn
 
 __all__ = ["BadDataReport", "SkipBadSamples", "audit_annotations"]
 

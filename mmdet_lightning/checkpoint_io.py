@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from .checkpoint import load_checkpoint_file
+from .lightning_package import fabric
+
+TorchCheckpointIO = fabric.plugins.io.torch_io.TorchCheckpointIO
 
 __all__ = ["CheckpointWriteError", "SafeCheckpointIO"]
 

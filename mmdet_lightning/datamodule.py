@@ -8,15 +8,16 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from .bad_data import BadDataReport, audit_annotations, guard_pipeline
 from .config import ConfigLike, init_mmdet_scope, leaf_dataset_cfgs, load_config, replace_data_root
 from .console import library_output
 from .image_folder import DetImageFolder, list_images
+from .lightning_package import check_one_package, pl
 from .resume import ResumableBatchSampler, with_resumable_batches
+
+rank_zero_info = pl.utilities.rank_zero_info
 
 __all__ = ["MMDetDataModule"]
 
@@ -68,6 +69,7 @@ class MMDetDataModule(pl.LightningDataModule):
     def __init__(self, config: ConfigLike, seed: int | None = None, predict_folder: str | None = None,
                  data_root: str | None = None, global_batch_size: int | None = None,
                  cfg_options: dict[str, Any] | list[str] | None = None) -> None:
+        check_one_package(type(self).__name__)
         super().__init__()
         if global_batch_size is not None and (not isinstance(global_batch_size, int) or global_batch_size < 1):
             raise ValueError(f"global_batch_size must be a positive integer, got {global_batch_size!r}.")

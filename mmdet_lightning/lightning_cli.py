@@ -7,20 +7,47 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
-from pytorch_lightning.callbacks import Checkpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from pytorch_lightning.utilities import rank_zero_info
+from jsonargparse import get_loader, set_loader
 
 from .callbacks.prediction_writer import DetectionWriter
 from .checkpoint import load_checkpoint_file
 from .datamodule import MMDetDataModule
 from .hooks import callbacks_from_config
+from .lightning_package import check_one_package, import_submodule, pl, translate_class_path
 from .module import MMDetModule
 from .wandb._common import run_id_in_checkpoint
+
+Checkpoint = pl.callbacks.Checkpoint
+_cli = import_submodule("cli")
+LightningArgumentParser, LightningCLI, SaveConfigCallback = (_cli.LightningArgumentParser, _cli.LightningCLI,
+                                                              _cli.SaveConfigCallback)
+rank_zero_info = pl.utilities.rank_zero_info
 
 __all__ = ["MMDetLightningCLI"]
 
 _DESCRIPTION = "mmdet-lightning: the Lightning CLI for mmdet detectors, from YAML or straight from an mmdet config."
+#: jsonargparse's YAML mode, with the class paths of either Lightning package read as the chosen one's
+PARSER_MODE = "yaml_either_lightning"
+
+
+def _translated(value: Any) -> Any:
+    if isinstance(value, str):
+        return translate_class_path(value)
+    if isinstance(value, dict):
+        return {key: _translated(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_translated(item) for item in value]
+    return value
+
+
+def _load_yaml_either_lightning(text: str) -> Any:
+    """jsonargparse's YAML loader (config files and command-line values), ``pytorch_lightning.X`` /
+    ``lightning.pytorch.X`` class paths translated to the package mmdet_lightning uses."""
+    return _translated(_load_yaml(text))
+
+
+_load_yaml = get_loader("yaml")
+set_loader(PARSER_MODE, _load_yaml_either_lightning, exceptions=(yaml.YAMLError,))
 
 
 class _SaveAndLogConfig(SaveConfigCallback):
@@ -28,10 +55,8 @@ class _SaveAndLogConfig(SaveConfigCallback):
     in ``wandb.config`` under ``lightning_config`` when a WandbLogger is used."""
 
     def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        from pytorch_lightning.loggers import WandbLogger
-
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
+            if isinstance(logger, pl.loggers.WandbLogger):
                 resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
                 logger.experiment.config.update({"lightning_config": resolved}, allow_val_change=True)
 
@@ -55,6 +80,8 @@ class MMDetLightningCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("parser_kwargs", {"description": _DESCRIPTION})
+        kwargs["parser_kwargs"].setdefault("parser_mode", PARSER_MODE)
+        check_one_package("MMDetLightningCLI")
         super().__init__(MMDetModule, MMDetDataModule, args=args, run=run, **kwargs)
 
     def _parse_ckpt_path(self) -> None:

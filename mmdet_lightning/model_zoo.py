@@ -460,10 +460,9 @@ def _load_adapted(family: str, data_root: str | Path, max_side: int = 128) -> "C
 
 
 def _train_validate_predict(cfg: "Config", work_dir: Path, iterations: int) -> tuple[float, int]:
-    import pytorch_lightning as pl
-
-    from .hooks import callbacks_from_config
     from .datamodule import MMDetDataModule
+    from .hooks import callbacks_from_config
+    from .lightning_package import pl
     from .module import MMDetModule
 
     pl.seed_everything(0)

@@ -20,19 +20,21 @@ import math
 import os
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from .checkpoint import LoadReport, load_detector_weights
 from .checkpoint_io import SafeCheckpointIO
 from .config import ConfigLike, init_mmdet_scope, load_config, replace_data_root
 from .console import attach_log_file, library_output, metrics_table
 from .evaluation import EvaluatorBackend, record_coco_evals, use_evaluator_backend
+from .lightning_package import check_one_package, fabric, pl
 from .precision import keep_mmcv_ops_in_fp32, predictions_to_float32
 from .resume import load_message_hub_state, message_hub_state
 from .utilities import first_dataset
+
+TorchCheckpointIO = fabric.plugins.io.torch_io.TorchCheckpointIO
+rank_zero_info, rank_zero_only, rank_zero_warn = (pl.utilities.rank_zero_info, pl.utilities.rank_zero_only,
+                                                  pl.utilities.rank_zero_warn)
 
 if TYPE_CHECKING:
     from mmengine.evaluator import Evaluator
@@ -84,6 +86,7 @@ class MMDetModule(pl.LightningModule):
                  evaluator_backend: EvaluatorBackend = "pycocotools",
                  invalid_loss: Literal["raise", "skip"] = "raise",
                  cfg_options: dict[str, Any] | list[str] | None = None, trust_checkpoint: bool = False) -> None:
+        check_one_package(type(self).__name__)
         super().__init__()
         self.trust_checkpoint = trust_checkpoint
         if invalid_loss not in ("raise", "skip"):
@@ -184,7 +187,7 @@ class MMDetModule(pl.LightningModule):
 
         Runs in every process before the strategy wraps the model (DDP), so what it changes applies there.
         """
-        from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
+        DDPStrategy, SingleDeviceStrategy = pl.strategies.DDPStrategy, pl.strategies.SingleDeviceStrategy
 
         trainer = self.trainer
         attach_log_file(trainer.default_root_dir, trainer.global_rank)
@@ -224,10 +227,8 @@ class MMDetModule(pl.LightningModule):
     def _check_unused_parameters(self) -> None:
         """Under DDP without ``find_unused_parameters``, parameters that got no gradient make DDP fail at the
         next iteration with a long message; name them after the first backward instead."""
-        from pytorch_lightning.strategies import DDPStrategy
-
         strategy = self.trainer.strategy
-        if not isinstance(strategy, DDPStrategy) or strategy._ddp_kwargs.get("find_unused_parameters"):
+        if not isinstance(strategy, pl.strategies.DDPStrategy) or strategy._ddp_kwargs.get("find_unused_parameters"):
             return
         unused = [name for name, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
         if unused:

@@ -36,8 +36,12 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from torch.utils.data import DataLoader
+
+from .lightning_package import fabric
+
+_collect_rng_states, _set_rng_states = (fabric.utilities.seed._collect_rng_states,
+                                        fabric.utilities.seed._set_rng_states)
 
 __all__ = ["ResumableBatchSampler", "ResumableDataLoader", "with_resumable_batches", "message_hub_state", "load_message_hub_state"]
 

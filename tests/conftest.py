@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
 from mmdet_lightning.config import load_config, replace_data_root
+from mmdet_lightning.lightning_package import pl
 from mmdet_lightning.synthetic import CLASSES, ShapesConfig, make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,14 +14,12 @@ from pathlib import Path
 
 
 def main() -> None:
-    import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import WandbLogger
 
     from mmdet_lightning import MMDetDataModule, MMDetModule
     from mmdet_lightning.callbacks import DetectionWriter, MMDetWandbCallback
     from mmdet_lightning.config import load_config, replace_data_root
+    from mmdet_lightning.lightning_package import pl
 
     out, data_root, load_from = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     devices, predict_folder = int(sys.argv[4]), sys.argv[5]
@@ -34,8 +32,8 @@ def main() -> None:
     trainer = pl.Trainer(
         max_epochs=2, limit_train_batches=3, accelerator="cpu", devices=devices,
         strategy="ddp" if devices > 1 else "auto", num_sanity_val_steps=0, enable_progress_bar=False,
-        logger=WandbLogger(offline=True, save_dir=str(out), project="ddp"), default_root_dir=str(out),
-        callbacks=[ModelCheckpoint(dirpath=str(out / "ckpt"), every_n_epochs=1, save_top_k=-1, save_last=True),
+        logger=pl.loggers.WandbLogger(offline=True, save_dir=str(out), project="ddp"), default_root_dir=str(out),
+        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=str(out / "ckpt"), every_n_epochs=1, save_top_k=-1, save_last=True),
                    MMDetWandbCallback(interval=1, log_checkpoint=True, num_eval_images=5, bbox_score_thr=0.3),
                    DetectionWriter(out / "predictions", draw=False)],
     )

@@ -18,11 +18,11 @@ from typing import Any
 
 
 def main() -> None:
-    import pytorch_lightning as pl
     import torch
 
     from mmdet_lightning import MMDetDataModule, MMDetModule
     from mmdet_lightning.config import load_config, replace_data_root
+    from mmdet_lightning.lightning_package import pl
 
     out, data_root, devices = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     out.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+
+from mmdet_lightning.lightning_package import pl
+
+ModelCheckpoint, OnExceptionCheckpoint = pl.callbacks.ModelCheckpoint, pl.callbacks.OnExceptionCheckpoint
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -85,8 +87,6 @@ def main() -> None:
     ]
     logger: Any = False
     if args.wandb:
-        from pytorch_lightning.loggers import WandbLogger
-
         from mmdet_lightning.callbacks import MMDetWandbCallback, wandb_run_id
 
         run_id = wandb_run_id(args.resume) if args.resume else None
@@ -98,7 +98,7 @@ def main() -> None:
             logger = ResilientWandbLogger(save_dir=str(args.out), project="faults",
                                           settings=wandb.Settings(init_timeout=3))
         else:
-            logger = WandbLogger(offline=True, save_dir=str(args.out), project="faults", id=run_id,
+            logger = pl.loggers.WandbLogger(offline=True, save_dir=str(args.out), project="faults", id=run_id,
                                  resume="allow" if run_id else None)
         callbacks.append(MMDetWandbCallback(interval=1, log_checkpoint=True, log_checkpoint_metadata=False,
                                             num_eval_images=2))

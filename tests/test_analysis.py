@@ -15,11 +15,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import mmdet
 import numpy as np
 import pytest
 import torch
 
-import mmdet
 from mmdet_lightning import analysis
 from mmdet_lightning.evaluation import record_coco_evals
 from mmdet_lightning.synthetic import CLASSES, ShapesConfig, make_shapes_dataset

@@ -7,10 +7,10 @@ import warnings
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
 from mmdet_lightning.config import load_config, replace_data_root
+from mmdet_lightning.lightning_package import pl
 from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
 
 from .conftest import CONFIGS

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytorch_lightning as pl
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
 from mmdet_lightning.config import load_config
+from mmdet_lightning.lightning_package import pl
 
 from .conftest import CONFIGS
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
 from mmdet_lightning.checkpoint import to_mmdet_checkpoint
+from mmdet_lightning.lightning_package import pl
 from mmdet_lightning.synthetic import CLASSES
 
 

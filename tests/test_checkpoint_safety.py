@@ -9,17 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
-from mmdet_lightning.checkpoint import (TRUST_ENV, CheckpointDamagedError, UnsafeCheckpointError,
-                                        load_checkpoint_file, to_mmdet_checkpoint)
+from mmdet_lightning.checkpoint import (
+    TRUST_ENV,
+    CheckpointDamagedError,
+    UnsafeCheckpointError,
+    load_checkpoint_file,
+    to_mmdet_checkpoint,
+)
 from mmdet_lightning.cli import run
+from mmdet_lightning.lightning_package import pl
 from mmdet_lightning.wandb import wandb_run_id
 
 from .conftest import CONFIGS, REPO
+
+ModelCheckpoint = pl.callbacks.ModelCheckpoint
 
 YAML = REPO / "configs" / "lightning" / "shapes_retinanet.yaml"
 

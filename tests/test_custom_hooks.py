@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from mmengine.hooks import Hook
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
-from mmdet_lightning.callbacks import (ModelEMA, PipelineSwitch, SyncNorm, YOLOXModeSwitch,
-                                       callbacks_from_config)
+from mmdet_lightning.callbacks import ModelEMA, PipelineSwitch, SyncNorm, YOLOXModeSwitch, callbacks_from_config
+from mmdet_lightning.lightning_package import pl
+
+ModelCheckpoint = pl.callbacks.ModelCheckpoint
 
 EPOCHS = 2
 EMA_HOOK = dict(type="EMAHook", ema_type="ExpMomentumEMA", momentum=0.01, gamma=20, update_buffers=True,

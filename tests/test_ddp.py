@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
-from mmdet_lightning import MMDetDataModule, MMDetModule
+from mmdet_lightning import MMDetDataModule, MMDetModule, analysis
 from mmdet_lightning.callbacks import DetectionWriter
-from mmdet_lightning import analysis
+from mmdet_lightning.lightning_package import pl
 from mmdet_lightning.wandb.records import artifacts, find_run_file, history, logged_table, read_records
 
 from .user_env import run_as_user
@@ -39,6 +38,7 @@ def _predictions_by_image(path: Path) -> dict[int, list[tuple[int, float]]]:
 
 
 @pytest.mark.slow
+@pytest.mark.both_packages
 def test_two_processes_log_once_and_evaluate_like_one(shapes_root: Path, shapes_config: Any,
                                                         trained_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
@@ -155,7 +155,6 @@ def test_global_batch_size_must_divide(shapes_config: Any) -> None:
 
 
 def test_sync_bn_configs_run_in_one_process_and_every_norm_converts_for_ddp(shapes_config: Any) -> None:
-    from pytorch_lightning.plugins import TorchSyncBatchNorm
     from torch.nn.modules.batchnorm import _BatchNorm
 
     cfg = shapes_config("shapes_rtmdet.py", batch_size=2)
@@ -168,7 +167,7 @@ def test_sync_bn_configs_run_in_one_process_and_every_norm_converts_for_ddp(shap
     trainer.fit(module, datamodule=MMDetDataModule(cfg))  # SyncBN reverted to BatchNorm, as mmengine's runner does
     norms = [m for m in module.modules() if isinstance(m, _BatchNorm)]
     assert norms and not any(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
-    converted = TorchSyncBatchNorm().apply(module.model)  # what Trainer(sync_batchnorm=True) does under DDP
+    converted = pl.plugins.TorchSyncBatchNorm().apply(module.model)  # what Trainer(sync_batchnorm=True) does under DDP
     assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()) == len(norms)
 
 

@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import WandbLogger
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
 from mmdet_lightning.callbacks import MMDetWandbCallback
 from mmdet_lightning.checkpoint_io import CheckpointWriteError, SafeCheckpointIO
+from mmdet_lightning.lightning_package import pl
 from mmdet_lightning.wandb.records import artifacts, find_run_file, history, read_records
+
+ModelCheckpoint = pl.callbacks.ModelCheckpoint
+WandbLogger = pl.loggers.WandbLogger
 
 
 @contextlib.contextmanager

@@ -66,6 +66,7 @@ def _model_files(records: list) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.both_packages
 def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(
         small_shapes: Path, uninterrupted: dict[str, Any], tmp_path: Path) -> None:
     killed = _fit(tmp_path / "killed", small_shapes, "--kill-at", "9", "--wandb")

@@ -6,10 +6,10 @@ import copy
 from typing import Any
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
+from mmdet_lightning.lightning_package import pl
 
 NAN_AT = 1
 

@@ -75,10 +75,10 @@ def test_family_trains_validates_and_predicts(family: str, tiny_shapes: Path, tm
 def test_norm_eval_backbone_keeps_its_batchnorm_statistics(shapes_config: object, tmp_path: Path) -> None:
     """Model-zoo backbones freeze BatchNorm with `norm_eval=True`, applied by `ResNet.train()`, which mmengine's
     train loop calls every epoch and Lightning does not: MMDetModule must."""
-    import pytorch_lightning as pl
     import torch
 
     from mmdet_lightning import MMDetDataModule, MMDetModule
+    from mmdet_lightning.lightning_package import pl
 
     cfg = shapes_config("shapes_faster_rcnn.py")
     cfg.model.backbone.update(norm_eval=True, frozen_stages=1)

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
 from mmdet_lightning.checkpoint import load_checkpoint_file
+from mmdet_lightning.lightning_package import pl
 from mmdet_lightning.wandb.records import artifacts, find_run_file, history, read_records
 
 from .conftest import CONFIGS, REPO

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
+from mmdet_lightning.lightning_package import pl
 
 from .test_configs import CONFIG_NAMES
 

@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from mmengine.hooks import Hook
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
+from mmdet_lightning.lightning_package import pl
 
 MAX_EPOCHS = 5  # 24 images (some empty, filtered out), batches of 3: 7-8 iterations an epoch
 WARMUP_ITERS = 10
@@ -60,6 +60,7 @@ def _config(shapes_config: Any, tmp_path: Any, load_from: Any) -> Any:
 
 
 @pytest.mark.slow
+@pytest.mark.both_packages
 def test_trainer_matches_mmengine_runner(shapes_config: Any, tmp_path: Any, trained_checkpoint: Any) -> None:
     from mmengine.runner import Runner
 

@@ -13,15 +13,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
-from pytorch_lightning.loggers import WandbLogger
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
 from mmdet_lightning.callbacks import MMDetWandbCallback, WandbEvalAnalytics
+from mmdet_lightning.lightning_package import pl
 from mmdet_lightning.utilities import first_dataset
 from mmdet_lightning.wandb.records import artifacts, find_run_file, history, logged_table, read_records, summary
 
 from .test_analysis import mmdet_confusion_tool
+
+WandbLogger = pl.loggers.WandbLogger
 
 THR = 0.3
 

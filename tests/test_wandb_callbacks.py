@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
 from mmdet_lightning.callbacks import MMDetWandbCallback
+from mmdet_lightning.lightning_package import pl
 from mmdet_lightning.wandb.records import artifacts, find_run_file, history, read_records
+
+ModelCheckpoint = pl.callbacks.ModelCheckpoint
+CSVLogger, WandbLogger = pl.loggers.CSVLogger, pl.loggers.WandbLogger
+MisconfigurationException = pl.utilities.exceptions.MisconfigurationException
 
 INTERVAL = 2
 TRAIN_BATCHES = 4

@@ -13,13 +13,16 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from mmdet_lightning.lightning_package import ENV
+
 REPO = Path(__file__).resolve().parents[1]
 #: variables that would tell W&B something a new user's shell does not
 _USER_CHOICES = ("NETRC", "PYTHONWARNINGS")
 
 
 def user_environment(home: Path, **extra: str) -> dict[str, str]:
-    """``os.environ`` less every W&B variable and netrc, with ``HOME`` = ``home`` (created), plus ``extra``.
+    """``os.environ`` less every W&B variable and netrc, with ``HOME`` = ``home`` (created), plus ``extra``;
+    in the suite's ``lightning.pytorch`` pass, ``MMDET_LIGHTNING_PACKAGE=lightning`` unless ``extra`` says otherwise.
 
     The repository is on ``PYTHONPATH`` so that the process imports this checkout's package, and the
     interpreter's ``bin`` folder on ``PATH`` (an activated virtual environment).
@@ -30,6 +33,8 @@ def user_environment(home: Path, **extra: str) -> dict[str, str]:
     # the environment's scripts (mmdet-lightning) on PATH, as in a shell with the virtual environment activated
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    if "lightning.pytorch" in sys.modules and "pytorch_lightning" not in sys.modules:
+        env.setdefault(ENV, "lightning")  # the suite's lightning.pytorch pass (tests/lightning_first.py)
     env.update(extra)
     return env
 

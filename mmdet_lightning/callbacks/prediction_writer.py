@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import BasePredictionWriter
 
+from ..lightning_package import pl
 from ..utilities import first_dataset, gather_objects
-from ..wandb.media import instances_from_prediction
 from ..wandb._common import check_unit_interval
+from ..wandb.media import instances_from_prediction
+
+BasePredictionWriter = pl.callbacks.BasePredictionWriter
 
 __all__ = ["DetectionWriter"]
 

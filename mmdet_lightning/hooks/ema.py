@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
+
+from ..lightning_package import pl
 
 if TYPE_CHECKING:
     from mmengine.model import BaseAveragedModel
@@ -160,8 +161,6 @@ class ModelEMA(pl.Callback):
             source.load_state_dict({k[len(prefix):]: v for k, v in model_state.items()}, strict=False)
         else:
             if fitting:
-                from pytorch_lightning.utilities import rank_zero_warn
-
-                rank_zero_warn("ModelEMA: the checkpoint has no `ema_state_dict`; the average starts from its weights.")
+                pl.utilities.rank_zero_warn("ModelEMA: the checkpoint has no `ema_state_dict`; the average starts from its weights.")
             self.ema_model.module.load_state_dict(source.state_dict(), strict=self.strict_load)
         self._swapped = False

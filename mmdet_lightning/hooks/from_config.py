@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Mapping
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-
+from ..lightning_package import pl
 from .ema import ModelEMA
 from .pipeline_switch import PipelineSwitch, YOLOXModeSwitch
 from .sync_norm import SyncNorm
+
+rank_zero_info, rank_zero_warn = pl.utilities.rank_zero_info, pl.utilities.rank_zero_warn
 
 __all__ = ["callbacks_from_config", "HOOK_CALLBACKS", "COVERED_HOOKS"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_info
-
+from ..lightning_package import pl
 from ..utilities import first_dataset
+
+rank_zero_info = pl.utilities.rank_zero_info
 
 __all__ = ["PipelineSwitch", "YOLOXModeSwitch"]
 

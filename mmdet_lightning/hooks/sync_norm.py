@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
+from ..lightning_package import pl
 
 __all__ = ["SyncNorm"]
 

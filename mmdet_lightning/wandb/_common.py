@@ -6,11 +6,13 @@ import os
 from typing import TYPE_CHECKING, Any, Mapping
 
 from lightning_utilities.core.imports import RequirementCache
-from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+from ..lightning_package import check_one_package, pl
+
+rank_zero_only, rank_zero_warn = pl.utilities.rank_zero_only, pl.utilities.rank_zero_warn
+MisconfigurationException = pl.utilities.exceptions.MisconfigurationException
 
 if TYPE_CHECKING:
-    import pytorch_lightning as pl
     from pytorch_lightning.loggers import WandbLogger
 
 _WANDB_AVAILABLE = RequirementCache("wandb>=0.17")
@@ -20,10 +22,9 @@ def find_wandb_logger(trainer: "pl.Trainer", owner: str) -> "WandbLogger":
     """The first ``WandbLogger`` of ``trainer.loggers``; a clear error listing the loggers otherwise."""
     if not _WANDB_AVAILABLE:
         raise ModuleNotFoundError(f"{owner} needs wandb. {_WANDB_AVAILABLE}")
-    from pytorch_lightning.loggers import WandbLogger
-
+    check_one_package(owner)
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
+        if isinstance(logger, pl.loggers.WandbLogger):
             return logger
     found = [type(logger).__name__ for logger in trainer.loggers] or "none"
     raise MisconfigurationException(

@@ -7,13 +7,14 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
 from .. import analysis
+from ..lightning_package import pl
 from ._common import check_unit_interval, find_wandb_logger
+
+Callback = pl.callbacks.Callback
+rank_zero_only, rank_zero_warn = pl.utilities.rank_zero_only, pl.utilities.rank_zero_warn
 
 if TYPE_CHECKING:
     import wandb

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytorch_lightning.callbacks import Callback
-
+from ..lightning_package import check_one_package, pl
 from ._common import check_non_negative_int, check_unit_interval, finish_run
 from .analytics import WandbEvalAnalytics
 from .checkpoint_artifacts import WandbCheckpointArtifacts
 from .metrics import WandbIntervalMetrics
 from .tables import WandbDetectionTables
+
+Callback = pl.callbacks.Callback
 
 __all__ = ["MMDetWandbCallback"]
 
@@ -68,6 +69,7 @@ class MMDetWandbCallback(Callback):
         run_summary: bool = True,
         monitor: str = "coco/bbox_mAP",
     ) -> None:
+        check_one_package(type(self).__name__)
         check_non_negative_int("interval", interval, positive=True)
         check_non_negative_int("num_eval_images", num_eval_images)
         check_unit_interval("bbox_score_thr", bbox_score_thr)

@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback, Checkpoint, ModelCheckpoint
-from pytorch_lightning.loggers.logger import Logger
-from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
-
 from ..checkpoint_io import CheckpointWriteError
+from ..lightning_package import pl
 from ._common import find_wandb_logger, finish_run, warn_if_other_run
+
+Callback, Checkpoint, ModelCheckpoint = pl.callbacks.Callback, pl.callbacks.Checkpoint, pl.callbacks.ModelCheckpoint
+Logger = pl.loggers.logger.Logger
+rank_zero_only, rank_zero_warn = pl.utilities.rank_zero_only, pl.utilities.rank_zero_warn
+MisconfigurationException = pl.utilities.exceptions.MisconfigurationException
 
 __all__ = ["WandbCheckpointArtifacts"]
 

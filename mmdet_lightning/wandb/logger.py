@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.loggers.logger import rank_zero_experiment
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-
+from ..lightning_package import check_one_package, pl
 from ._common import flush_transaction_log_often
+
+WandbLogger = pl.loggers.WandbLogger
+rank_zero_experiment = pl.loggers.logger.rank_zero_experiment
+rank_zero_info, rank_zero_warn = pl.utilities.rank_zero_info, pl.utilities.rank_zero_warn
 
 __all__ = ["ResilientWandbLogger", "wandb_credentials"]
 
@@ -45,6 +46,7 @@ class ResilientWandbLogger(WandbLogger):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        check_one_package(type(self).__name__)
         self._no_credentials = not kwargs.get("offline", False) and not kwargs.get("log_model", False) \
             and "WANDB_MODE" not in os.environ and kwargs.get("mode") is None and not wandb_credentials()
         if self._no_credentials:

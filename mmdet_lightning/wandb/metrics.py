@@ -6,11 +6,12 @@ import resource
 import time
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 
+from ..lightning_package import pl
 from ._common import check_non_negative_int, find_wandb_logger
+
+Callback = pl.callbacks.Callback
 
 __all__ = ["WandbIntervalMetrics"]
 

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
+from ..lightning_package import pl
 from ..utilities import first_dataset, gather_objects
+from ._common import check_non_negative_int, check_unit_interval, find_wandb_logger
 from .media import (
     Instances,
     box_data,
@@ -18,7 +17,9 @@ from .media import (
     instances_from_data_info,
     instances_from_prediction,
 )
-from ._common import check_non_negative_int, check_unit_interval, find_wandb_logger
+
+Callback = pl.callbacks.Callback
+rank_zero_only, rank_zero_warn = pl.utilities.rank_zero_only, pl.utilities.rank_zero_warn
 
 if TYPE_CHECKING:
     import wandb
