@@ -54,29 +54,29 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec(name.split(".")[0]) is not None  # the top level only: imports nothing
 
 
-def _choose() -> tuple[str, str]:
-    """The package to use and why (for messages)."""
+def _choose() -> tuple[str, str, bool]:
+    """The package to use, why (for messages), and whether the user chose it with the variable."""
     wanted = os.environ.get(ENV, "").strip()
     if wanted:
         if wanted not in _SPELLINGS:
             raise LightningPackageError(f"{ENV}={wanted!r} is not a Lightning package: set it to 'lightning' "
                                         "(lightning.pytorch) or 'pytorch_lightning'.")
-        return _SPELLINGS[wanted], f"chosen by {ENV}={wanted}"
+        return _SPELLINGS[wanted], f"chosen by {ENV}={wanted}", True
     imported = [name for name in _FABRIC if name in sys.modules]
     if len(imported) == 2:
         raise LightningPackageError(
             "Both pytorch_lightning and lightning.pytorch are imported, so mmdet_lightning cannot tell which "
             f"Trainer you use. Set {ENV}=lightning (for `import lightning as L`) or {ENV}=pytorch_lightning.")
     if imported:
-        return imported[0], f"chosen because your code imported {imported[0]} first"
+        return imported[0], f"chosen because your code imported {imported[0]} first", False
     for name in _FABRIC:
         if _installed(name):
-            return name, "chosen by default"
+            return name, "chosen by default", False
     raise LightningPackageError("Neither pytorch_lightning nor lightning is installed: "
                                 "`pip install pytorch-lightning` (or `pip install lightning`).")
 
 
-NAME, _REASON = _choose()
+NAME, _REASON, _CHOSEN_BY_ENV = _choose()
 _OTHER = next(name for name in _FABRIC if name != NAME)
 if TYPE_CHECKING:  # type checkers see one package's classes; both have the same API
     import lightning_fabric as fabric
@@ -112,7 +112,7 @@ def check_one_package(what: str) -> None:
     Example::
         >>> check_one_package("MMDetModule")  # one package imported: nothing to say
     """
-    if _OTHER not in sys.modules or ENV in _REASON:
+    if _OTHER not in sys.modules or _CHOSEN_BY_ENV:
         return
     raise LightningPackageError(
         f"{what} is a {NAME} class ({_REASON} when mmdet_lightning was imported), but {_OTHER} is imported "

@@ -228,7 +228,8 @@ class MMDetModule(pl.LightningModule):
         """Under DDP without ``find_unused_parameters``, parameters that got no gradient make DDP fail at the
         next iteration with a long message; name them after the first backward instead."""
         strategy = self.trainer.strategy
-        if not isinstance(strategy, pl.strategies.DDPStrategy) or strategy._ddp_kwargs.get("find_unused_parameters"):
+        if not isinstance(strategy, pl.strategies.DDPStrategy) or \
+                strategy._ddp_kwargs.get("find_unused_parameters"):
             return
         unused = [name for name, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
         if unused:

@@ -33,7 +33,8 @@ def main() -> None:
         max_epochs=2, limit_train_batches=3, accelerator="cpu", devices=devices,
         strategy="ddp" if devices > 1 else "auto", num_sanity_val_steps=0, enable_progress_bar=False,
         logger=pl.loggers.WandbLogger(offline=True, save_dir=str(out), project="ddp"), default_root_dir=str(out),
-        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=str(out / "ckpt"), every_n_epochs=1, save_top_k=-1, save_last=True),
+        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=str(out / "ckpt"), every_n_epochs=1, save_top_k=-1,
+                                                save_last=True),
                    MMDetWandbCallback(interval=1, log_checkpoint=True, num_eval_images=5, bbox_score_thr=0.3),
                    DetectionWriter(out / "predictions", draw=False)],
     )

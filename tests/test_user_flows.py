@@ -73,8 +73,9 @@ def test_readme_python_example(user_dir: Path, shapes_root: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("yaml_config", [pytest.param(p, marks=[pytest.mark.both_packages] if p.stem == "shapes_retinanet" else [])
-                                         for p in YAMLS], ids=[p.stem for p in YAMLS])
+@pytest.mark.parametrize("yaml_config", [
+    pytest.param(p, marks=[pytest.mark.both_packages] if p.stem == "shapes_retinanet" else []) for p in YAMLS
+], ids=[p.stem for p in YAMLS])
 def test_shipped_yaml(user_dir: Path, shapes_root: Path, yaml_config: Path) -> None:
     """``mmdet-lightning fit --config configs/lightning/<model>.yaml`` (``offline: true``), one short epoch."""
     done = run_as_user(["mmdet-lightning", "fit", "--config", str(yaml_config.relative_to(REPO)),

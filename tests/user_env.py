@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mmdet_lightning.lightning_package import ENV
+from mmdet_lightning.lightning_package import ENV, NAME
 
 REPO = Path(__file__).resolve().parents[1]
 #: variables that would tell W&B something a new user's shell does not
@@ -33,7 +33,7 @@ def user_environment(home: Path, **extra: str) -> dict[str, str]:
     # the environment's scripts (mmdet-lightning) on PATH, as in a shell with the virtual environment activated
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    if "lightning.pytorch" in sys.modules and "pytorch_lightning" not in sys.modules:
+    if NAME == "lightning.pytorch":
         env.setdefault(ENV, "lightning")  # the suite's lightning.pytorch pass (tests/lightning_first.py)
     env.update(extra)
     return env

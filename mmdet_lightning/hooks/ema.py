@@ -161,6 +161,7 @@ class ModelEMA(pl.Callback):
             source.load_state_dict({k[len(prefix):]: v for k, v in model_state.items()}, strict=False)
         else:
             if fitting:
-                pl.utilities.rank_zero_warn("ModelEMA: the checkpoint has no `ema_state_dict`; the average starts from its weights.")
+                pl.utilities.rank_zero_warn(
+                    "ModelEMA: the checkpoint has no `ema_state_dict`; the average starts from its weights.")
             self.ema_model.module.load_state_dict(source.state_dict(), strict=self.strict_load)
         self._swapped = False
