@@ -2,17 +2,25 @@
 
 Each run is a fresh subprocess (clean peak-memory figure) training the same config, data, batch and seed
 for ``--iters`` iterations; the two frameworks alternate (and swap order every repeat) so that a busy
-machine slows both alike. Per run: median seconds per iteration after ``--warmup`` iterations, and the
-process's peak RSS. Printed: min / median / max over the repeats, and the ratio of the medians.
+machine slows both alike. Per run: median seconds per iteration (start to start, data loading included)
+after ``--warmup`` iterations, and the process's peak RSS. Printed: min / median / max over the repeats,
+the ratio of the medians and the difference in milliseconds per iteration.
 
-    python benchmarks/train_overhead.py                                 # both default configs
-    python benchmarks/train_overhead.py --configs shapes_retinanet.py --repeats 5 --iters 60
+A case is a config at an input size and batch size (``--cases``): ``fast`` is a RetinaNet small enough for
+GPU-like step times on a CPU (10-30 ms), ``retinanet_96`` the ~150 ms step of issue #15, ``faster_rcnn`` and
+``retinanet`` the configs as shipped (batch 8, 128 px). ``--console`` chooses what each side prints:
+``off`` (no progress bar, no logger; mmengine's LoggerHook every 10**9 iterations) or ``on`` (what users run:
+Lightning's progress bar and default logger; mmengine's LoggerHook printing every 50 iterations).
+
+    python benchmarks/train_overhead.py                                 # the shipped configs
+    python benchmarks/train_overhead.py --cases fast retinanet_96 --console off on --repeats 5 --iters 200
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -26,10 +34,26 @@ from _runs import run_json  # noqa: E402  (benchmarks/ is on sys.path when a scr
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _config(name: str, data_root: str, iters: int, batch_size: int) -> Any:
-    from mmdet_lightning.config import load_config, replace_data_root
+#: name -> (config, batch size, input size (w, h), config overrides)
+CASES: dict[str, tuple[str, int, tuple[int, int], dict[str, Any]]] = {
+    "fast": ("shapes_retinanet.py", 2, (64, 48), {
+        "model.backbone.base_channels": 8, "model.neck.in_channels": [8, 16, 32, 64], "model.neck.out_channels": 32,
+        "model.bbox_head.in_channels": 32, "model.bbox_head.feat_channels": 32, "model.bbox_head.stacked_convs": 1}),
+    "retinanet_96": ("shapes_retinanet.py", 2, (96, 72), {}),
+    "faster_rcnn": ("shapes_faster_rcnn.py", 8, (128, 128), {}),
+    "retinanet": ("shapes_retinanet.py", 8, (128, 128), {}),
+}
 
+
+def _config(case: str, data_root: str, iters: int, console: str) -> Any:
+    from mmdet_lightning.config import apply_cfg_options, load_config, replace_data_root
+
+    name, batch_size, size, overrides = CASES[case]
     cfg = replace_data_root(load_config(REPO / "configs" / "mmdet" / name), data_root)
+    apply_cfg_options(cfg, overrides)
+    for step in cfg.train_dataloader.dataset.pipeline:
+        if step["type"] == "Resize":
+            step["scale"] = size
     cfg.train_dataloader.batch_size = batch_size
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=10**9)
     cfg.param_scheduler = [dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=iters)]
@@ -37,7 +61,7 @@ def _config(name: str, data_root: str, iters: int, batch_size: int) -> Any:
     cfg.val_dataloader = None
     cfg.val_evaluator = None
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=-1)
-    cfg.default_hooks.logger = dict(type="LoggerHook", interval=50)
+    cfg.default_hooks.logger = dict(type="LoggerHook", interval=50 if console == "on" else 10**9)
     cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
     return cfg
 
@@ -56,13 +80,16 @@ def _run_mmengine(cfg: Any, work_dir: str) -> list[float]:
             stamps.append(time.perf_counter())
 
     cfg.work_dir = work_dir
+    if _world_size() > 1:  # started by torchrun, as `tools/dist_train.sh` starts mmdet's tools/train.py
+        cfg.launcher = "pytorch"
+        cfg.env_cfg.dist_cfg = dict(backend="gloo")
     runner = Runner.from_cfg(cfg)
     runner.register_hook(Stamp(), priority="VERY_LOW")
     runner.train()
     return stamps
 
 
-def _run_lightning(cfg: Any, work_dir: str) -> list[float]:
+def _run_lightning(cfg: Any, work_dir: str, console: bool) -> list[float]:
     from mmdet_lightning import MMDetDataModule, MMDetModule
     from mmdet_lightning.lightning_package import pl
 
@@ -77,39 +104,53 @@ def _run_lightning(cfg: Any, work_dir: str) -> list[float]:
 
     iters = cfg.train_cfg.max_iters
     pl.seed_everything(cfg.randomness.seed)
-    trainer = pl.Trainer(max_steps=iters, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    world_size = _world_size()  # under torchrun, Lightning joins its processes
+    strategy = "ddp" if world_size > 1 else "auto"
+    trainer = pl.Trainer(max_steps=iters, accelerator="cpu", devices=world_size, strategy=strategy, logger=console,
+                         enable_checkpointing=False, enable_progress_bar=console, enable_model_summary=console, limit_val_batches=0,
                          callbacks=[Stamp()], default_root_dir=work_dir)
     trainer.fit(MMDetModule.from_config(cfg), datamodule=MMDetDataModule.from_config(cfg))
     return stamps
 
 
 def _one_run(args: argparse.Namespace) -> None:
-    cfg = _config(args.config, args.data_root, args.iters, args.batch_size)
+    cfg = _config(args.case, args.data_root, args.iters, args.console[0])
     with tempfile.TemporaryDirectory() as work_dir:
-        stamps = (_run_mmengine if args.one == "mmengine" else _run_lightning)(cfg, work_dir)
+        if args.one == "mmengine":
+            stamps = _run_mmengine(cfg, work_dir)
+        else:
+            stamps = _run_lightning(cfg, work_dir, args.console[0] == "on")
     deltas = [b - a for a, b in zip(stamps, stamps[1:])][args.warmup:]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"sec_per_iter": statistics.median(deltas), "iters": len(deltas), "peak_rss_mb": peak_mb}))
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps({"sec_per_iter": statistics.median(deltas), "iters": len(deltas), "peak_rss_mb": peak_mb}))
 
 
-def _spawn(framework: str, config: str, args: argparse.Namespace) -> dict[str, float]:
-    command = [sys.executable, __file__, "--one", framework, "--config", config, "--data-root", args.data_root,
-               "--iters", str(args.iters), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _spawn(framework: str, case: str, console: str, args: argparse.Namespace) -> dict[str, float]:
+    launch = [sys.executable]
+    if args.processes > 1:  # both frameworks under torchrun, same global batch (batch size per process x N)
+        launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.processes}"]
+    command = [*launch, __file__, "--one", framework, "--case", case, "--console", console,
+               "--data-root", args.data_root, "--iters", str(args.iters), "--warmup", str(args.warmup)]
     return run_json(command)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=["shapes_faster_rcnn.py", "shapes_retinanet.py"])
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=["faster_rcnn", "retinanet"])
+    parser.add_argument("--console", nargs="+", choices=["off", "on"], default=["off"])
+    parser.add_argument("--processes", type=int, default=1, help="DDP processes (gloo, CPU) under torchrun")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--data-root", default="data/bench_shapes")
     parser.add_argument("--plot", help="also save a bar chart of seconds per iteration to this PNG")
     parser.add_argument("--one", choices=["mmengine", "lightning"], help=argparse.SUPPRESS)
-    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         _one_run(args)
@@ -118,21 +159,25 @@ def main() -> None:
     from mmdet_lightning import make_shapes_dataset
 
     make_shapes_dataset(args.data_root, num_train=200, num_val=10)
-    print(f"{'config':24s} {'framework':10s} {'s/iter min':>10s} {'median':>8s} {'max':>8s} {'peak MB':>8s} {'ratio':>6s}")
+    print(f"{'case':13s} {'console':7s} {'framework':10s} {'ms/iter min':>11s} {'median':>7s} {'max':>7s} "
+          f"{'peak MB':>7s} {'ratio':>6s} {'ms more':>7s}")
     table: dict[str, dict[str, list[float]]] = {}
-    for config in args.configs:
-        runs: dict[str, list[dict[str, float]]] = {"mmengine": [], "lightning": []}
-        for repeat in range(args.repeats):
-            order = ["mmengine", "lightning"] if repeat % 2 == 0 else ["lightning", "mmengine"]
-            for framework in order:
-                runs[framework].append(_spawn(framework, config, args))
-        table[config] = {f: [r["sec_per_iter"] for r in rs] for f, rs in runs.items()}
-        medians = {f: statistics.median(r["sec_per_iter"] for r in rs) for f, rs in runs.items()}
-        for framework, rs in runs.items():
-            times = [r["sec_per_iter"] for r in rs]
-            ratio = medians[framework] / medians["mmengine"]
-            print(f"{config:24s} {framework:10s} {min(times):10.4f} {statistics.median(times):8.4f} {max(times):8.4f} "
-                  f"{max(r['peak_rss_mb'] for r in rs):8.0f} {ratio:6.3f}")
+    for case in args.cases:
+        for console in args.console:
+            runs: dict[str, list[dict[str, float]]] = {"mmengine": [], "lightning": []}
+            for repeat in range(args.repeats):
+                order = ["mmengine", "lightning"] if repeat % 2 == 0 else ["lightning", "mmengine"]
+                for framework in order:
+                    runs[framework].append(_spawn(framework, case, console, args))
+            table[f"{case} ({console})" if len(args.console) > 1 else case] = {
+                f: [r["sec_per_iter"] for r in rs] for f, rs in runs.items()}
+            medians = {f: statistics.median(r["sec_per_iter"] for r in rs) for f, rs in runs.items()}
+            for framework, rs in runs.items():
+                ms = [1000 * r["sec_per_iter"] for r in rs]
+                ratio = medians[framework] / medians["mmengine"]
+                more = 1000 * (medians[framework] - medians["mmengine"])
+                print(f"{case:13s} {console:7s} {framework:10s} {min(ms):11.1f} {statistics.median(ms):7.1f} "
+                      f"{max(ms):7.1f} {max(r['peak_rss_mb'] for r in rs):7.0f} {ratio:6.3f} {more:7.2f}", flush=True)
 
     if args.plot:
         _plot(table, args.plot)
@@ -154,9 +199,9 @@ def _plot(table: dict[str, dict[str, list[float]]], path: str) -> None:
         errors = [[m - min(v) for m, v in zip(medians, values)], [max(v) - m for m, v in zip(medians, values)]]
         label = "mmengine Runner" if framework == "mmengine" else "pl.Trainer + MMDetModule"
         ax.bar(xs, medians, width, yerr=errors, capsize=3, color=colour, label=label)
-    ax.set_xticks(range(len(table)), [c.replace("shapes_", "").replace(".py", "") for c in table])
+    ax.set_xticks(range(len(table)), list(table))
     ax.set_ylabel("seconds per training iteration")
-    ax.set_title("Time per iteration, batch 8, 2 CPU cores (lower is better)")
+    ax.set_title("Time per iteration, 2 CPU cores (lower is better)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

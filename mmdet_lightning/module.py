@@ -375,13 +375,24 @@ class MMDetModule(pl.LightningModule):
             optimizer.step()
             optimizer.zero_grad()
         log_vars = {k: v.detach() for k, v in log_vars.items()}
-        batch_size = len(batch["inputs"]) if isinstance(batch, Mapping) and "inputs" in batch else None
-        to_logger = self.log_train_scalars and bool(self.trainer.loggers)
-        self.log("train/loss", log_vars["loss"], batch_size=batch_size, prog_bar=True, logger=to_logger)
-        others = {f"train/{k}": v for k, v in log_vars.items() if k != "loss"}
-        self.log_dict(others, batch_size=batch_size, logger=to_logger)
+        self._log_train_scalars(batch, log_vars)
         # what mmengine's train_step returns, for callbacks' `on_train_batch_end(outputs=...)`
         return {"loss": log_vars["loss"], "log_vars": log_vars}
+
+    def _log_train_scalars(self, batch: Any, log_vars: Mapping[str, torch.Tensor]) -> None:
+        """``train/loss`` every step (progress bar, ``callback_metrics``); the other terms only at the steps
+        where Lightning writes to its loggers (every ``log_every_n_steps``), where the loggers get the same
+        values as if they were logged every step: each ``self.log`` costs about half a millisecond, a lot
+        beside a 20 ms GPU step. No host synchronisation here (the tensors stay on the device)."""
+        trainer = self.trainer
+        batch_size = len(batch["inputs"]) if isinstance(batch, Mapping) and "inputs" in batch else None
+        to_logger = self.log_train_scalars and bool(trainer.loggers)
+        self.log("train/loss", log_vars["loss"], batch_size=batch_size, prog_bar=True, logger=to_logger)
+        every = trainer.log_every_n_steps
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped + 1  # as Lightning's should_update_logs
+        if every and (step % every == 0 or trainer.should_stop):
+            others = {f"train/{k}": v for k, v in log_vars.items() if k != "loss"}
+            self.log_dict(others, batch_size=batch_size, logger=to_logger)
 
     def _loss_is_finite(self, loss: torch.Tensor, log_vars: Mapping[str, Any]) -> bool:
         """mmdet's ``CheckInvalidLossHook`` before backward: raise, or count and skip the step. The decision
