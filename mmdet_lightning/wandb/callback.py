@@ -10,6 +10,7 @@ from .analytics import WandbEvalAnalytics
 from .checkpoint_artifacts import WandbCheckpointArtifacts
 from .metrics import WandbIntervalMetrics
 from .tables import WandbDetectionTables
+from .worker import BackgroundWorker
 
 Callback = pl.callbacks.Callback
 
@@ -17,7 +18,7 @@ __all__ = ["MMDetWandbCallback"]
 
 # every Callback hook the parts implement; the group forwards each one to its parts in order
 _FORWARDED_HOOKS = (
-    "setup", "teardown", "on_fit_start", "on_train_start", "on_train_epoch_start", "on_train_batch_start",
+    "setup", "on_fit_start", "on_train_start", "on_train_epoch_start", "on_train_batch_start",
     "on_train_batch_end", "on_validation_start", "on_validation_batch_start", "on_validation_batch_end",
     "on_validation_epoch_end", "on_validation_end", "on_test_start", "on_test_batch_start", "on_test_batch_end",
     "on_test_epoch_end", "on_test_end",
@@ -45,6 +46,10 @@ class MMDetWandbCallback(Callback):
         confusion_matrix: log ``eval/confusion_matrix`` (chart) and ``eval/confusion_matrix_counts``.
         run_summary: best monitored metric and its epoch, parameters, FLOPs and ms per image in the summary.
         monitor: the metric whose best value the summary holds.
+        background: build the tables and log the artifacts (tables, checkpoints) on one background thread
+            shared by the parts, so that no training step waits on them; what is handed over is logged by
+            the end of ``fit`` / ``validate`` / ``test``, on an exception and at interpreter exit. False does
+            that work in the hooks themselves (for debugging).
 
     Raises:
         ValueError: a negative ``interval`` or ``num_eval_images``, ``bbox_score_thr`` outside [0, 1].
@@ -68,28 +73,39 @@ class MMDetWandbCallback(Callback):
         confusion_matrix: bool = True,
         run_summary: bool = True,
         monitor: str = "coco/bbox_mAP",
+        background: bool = True,
     ) -> None:
         check_one_package(type(self).__name__)
         check_non_negative_int("interval", interval, positive=True)
         check_non_negative_int("num_eval_images", num_eval_images)
         check_unit_interval("bbox_score_thr", bbox_score_thr)
+        self.worker = BackgroundWorker(background=background)
         self.parts: list[Callback] = [WandbIntervalMetrics(interval=interval)]
         if log_checkpoint:
-            self.parts.append(WandbCheckpointArtifacts(log_checkpoint_metadata=log_checkpoint_metadata))
+            self.parts.append(WandbCheckpointArtifacts(log_checkpoint_metadata=log_checkpoint_metadata,
+                                                       worker=self.worker))
         if num_eval_images > 0:
             self.parts.append(WandbDetectionTables(num_eval_images=num_eval_images, bbox_score_thr=bbox_score_thr,
-                                                   mean_confidence=mean_confidence))
+                                                   mean_confidence=mean_confidence, worker=self.worker))
         analytics = dict(per_class_ap=per_class_ap, pr_curves=pr_curves, confusion_matrix=confusion_matrix,
                          run_summary=run_summary)
         analytics_part = WandbEvalAnalytics(**analytics, bbox_score_thr=bbox_score_thr, monitor=monitor)
         if any(analytics.values()):
             self.parts.append(analytics_part)
 
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Calls ``teardown`` of each part, then waits for the background worker and stops its thread."""
+        for part in self.parts:
+            part.teardown(trainer, pl_module, stage)
+        self.worker.close()
+
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        """Calls ``on_exception`` of each part; without checkpoint uploads (which finish the run after their
-        last upload), finishes the W&B run on SIGTERM / KeyboardInterrupt so that everything logged is kept."""
+        """Calls ``on_exception`` of each part and waits for the background worker; without checkpoint uploads
+        (which finish the run after their last upload), finishes the W&B run on SIGTERM / KeyboardInterrupt so
+        that everything logged is kept."""
         for part in self.parts:
             part.on_exception(trainer, pl_module, exception)
+        self.worker.drain()
         if isinstance(exception, (SystemExit, KeyboardInterrupt)) and hasattr(self.parts[0], "_logger") and not any(
                 isinstance(part, WandbCheckpointArtifacts) for part in self.parts):
             finish_run(self.parts[0]._logger, exit_code=1)
@@ -119,3 +135,4 @@ def _forward(name: str) -> Any:
 
 for _name in _FORWARDED_HOOKS:
     setattr(MMDetWandbCallback, _name, _forward(_name))
+

@@ -11,6 +11,7 @@ from typing import Any, Callable
 from ..checkpoint_io import CheckpointWriteError
 from ..lightning_package import pl
 from ._common import find_wandb_logger, finish_run, warn_if_other_run
+from .worker import BackgroundWorker
 
 Callback, Checkpoint, ModelCheckpoint = pl.callbacks.Callback, pl.callbacks.Checkpoint, pl.callbacks.ModelCheckpoint
 Logger = pl.loggers.logger.Logger
@@ -67,19 +68,29 @@ class WandbCheckpointArtifacts(Callback):
         setup                  find the WandbLogger; no ModelCheckpoint: one warning, uploads off
         on_train_start         checkpoint interval must be a multiple of the validation interval
         on_validation_end      remember the validation's metrics (module.last_eval_metrics)
-        ModelCheckpoint saves  -> after_save_checkpoint -> upload (rank 0 only; nothing collective)
-        on_exception           remember the exception; then, once every callback's on_exception has run
-                               (OnExceptionCheckpoint's file included): upload the newest checkpoint not yet
-                               uploaded with aliases "interrupted", "latest" and metadata {"interrupted": <exception>};
-                               on SIGTERM / KeyboardInterrupt finish the W&B run (offline: ready for `wandb sync`)
+        ModelCheckpoint saves  -> after_save_checkpoint (rank 0 only; nothing collective): hard-link the file,
+                               take the metadata, hand the upload to the background worker
+        worker thread          run.log_artifact (with retries)
+        on_exception           wait for the worker; remember the exception; then, once every callback's
+                               on_exception has run (OnExceptionCheckpoint's file included): upload the newest
+                               checkpoint not yet uploaded with aliases "interrupted", "latest" and metadata
+                               {"interrupted": <exception>}, wait for the worker; on SIGTERM / KeyboardInterrupt
+                               finish the W&B run (offline: ready for `wandb sync`)
+        teardown               wait for the worker: every upload handed over is logged
 
-    A failing upload is retried ``UPLOAD_ATTEMPTS`` times, then reported with a warning; it never stops
-    training. Resumed from a checkpoint, the uploaded files and the run id come back from the callback's
-    state: nothing is uploaded twice and aliases continue (``epoch_N`` / ``iter_N`` from the trainer).
+    A failing upload is retried ``UPLOAD_ATTEMPTS`` times on the worker, then reported with a warning; it
+    never stops training. A checkpoint counts as uploaded (``uploaded``, in the callback's state) from the
+    moment its upload is handed over, so that the checkpoint saved next does not make a resumed run upload
+    it again; a final failure takes it back out. Resumed from a checkpoint, the uploaded files and the run
+    id come back from the callback's state: nothing is uploaded twice and aliases continue (``epoch_N`` /
+    ``iter_N`` from the trainer).
 
     Args:
         log_checkpoint_metadata: add epoch, step and the latest eval metrics to each version's metadata.
         upload_on_exception: when training stops on an exception or interrupt, upload the newest checkpoint.
+        background: upload on a background thread, so that training goes on meanwhile; False uploads in
+            the checkpoint hook (for debugging).
+        worker: the worker to use (``MMDetWandbCallback`` shares one among its parts); by default its own.
 
     Raises:
         MisconfigurationException: no ``WandbLogger``; a checkpoint interval that is not a multiple of the
@@ -92,10 +103,14 @@ class WandbCheckpointArtifacts(Callback):
     ARTIFACT_TYPE = "model"
     UPLOAD_ATTEMPTS = 3
 
-    def __init__(self, log_checkpoint_metadata: bool = True, upload_on_exception: bool = True) -> None:
+    def __init__(self, log_checkpoint_metadata: bool = True, upload_on_exception: bool = True,
+                 background: bool = True, worker: BackgroundWorker | None = None) -> None:
         self.log_checkpoint_metadata = log_checkpoint_metadata
         self.upload_on_exception = upload_on_exception
-        self.uploaded: dict[str, int] = {}  # file path -> global step it was uploaded at
+        self.worker = worker if worker is not None else BackgroundWorker(background=background)
+        # file path -> global step it was uploaded at (handed over); the worker takes failed uploads back out
+        # (single dict operations, atomic under the GIL)
+        self.uploaded: dict[str, int] = {}
         self._eval_metrics: dict[str, float] = {}
         self._enabled = True
         self._watcher: _CheckpointWatcher | None = None
@@ -119,6 +134,7 @@ class WandbCheckpointArtifacts(Callback):
         trainer.loggers = [*trainer.loggers, self._watcher]
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.worker.close()
         if self._watcher is not None:
             trainer.loggers = [logger for logger in trainer.loggers if logger is not self._watcher]
             self._watcher = None
@@ -161,6 +177,7 @@ class WandbCheckpointArtifacts(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not hasattr(self, "_logger"):  # the exception came before setup
             return
+        self.worker.drain()
         self._exception = exception
         if self._watcher is None or self._watcher not in trainer.loggers:  # no finalize call will come
             self._after_exception()
@@ -176,14 +193,14 @@ class WandbCheckpointArtifacts(Callback):
             if fresh:
                 path = max(fresh, key=os.path.getmtime)
                 self._upload(trainer, path, ["interrupted", "latest"], extra={"interrupted": type(exception).__name__})
+        self.worker.drain()  # every upload handed over reaches the run before it is finished
         # SIGTERMException is a SystemExit; a checkpoint that could not be written (disk full) ends the run too
         if isinstance(exception, (SystemExit, KeyboardInterrupt, CheckpointWriteError)):
             finish_run(self._logger, exit_code=1)
 
     @rank_zero_only
     def _upload(self, trainer: pl.Trainer, path: str, aliases: list[str], extra: dict[str, Any] | None = None) -> None:
-        import wandb
-
+        """Take what the upload needs now (a hard link to the file, the metadata) and hand it to the worker."""
         run = self._logger.experiment
         self.run_id = run.id
         metadata: dict[str, Any] = {}
@@ -191,20 +208,33 @@ class WandbCheckpointArtifacts(Callback):
             metadata = {"epoch": trainer.current_epoch + 1, "global_step": trainer.global_step, **self._eval_metrics}
         metadata.update(extra or {})
         name = f"run_{run.id}_{self.ARTIFACT_TYPE}"
+        try:
+            link = _link_for_upload(Path(path), Path(run.dir).parent / "checkpoint_links", trainer.global_step)
+        except OSError as err:  # a file-system failure must not stop training
+            rank_zero_warn(f"W&B: could not log checkpoint {path} as artifact {name} ({type(err).__name__}: {err}); "
+                           "training goes on, the file stays on disk.")
+            return
+        self.uploaded[path] = trainer.global_step
+        self.worker.submit(self._log_artifact, run, path, link, name, aliases, metadata)
+
+    def _log_artifact(self, run: Any, path: str, link: Path, name: str, aliases: list[str],
+                      metadata: dict[str, Any]) -> None:
+        """On the worker: log the checkpoint's artifact, retried; a final failure warns and takes it back out."""
+        import wandb
+
         for attempt in range(1, self.UPLOAD_ATTEMPTS + 1):
             try:
                 artifact = wandb.Artifact(name, type=self.ARTIFACT_TYPE, metadata=metadata)
-                link = _link_for_upload(Path(path), Path(run.dir).parent / "checkpoint_links", trainer.global_step)
                 artifact.add_file(str(link), name=Path(path).name, policy="immutable")
                 run.log_artifact(artifact, aliases=aliases)
-                break
+                return
             except Exception as err:  # a W&B or file-system failure must not stop training
                 if attempt == self.UPLOAD_ATTEMPTS:
+                    self.uploaded.pop(path, None)
                     rank_zero_warn(f"W&B: could not log checkpoint {path} as artifact {name} after {attempt} attempts "
                                    f"({type(err).__name__}: {err}); training goes on, the file stays on disk.")
                     return
                 time.sleep(self.RETRY_SECONDS * attempt)
-        self.uploaded[path] = trainer.global_step
 
     RETRY_SECONDS = 1.0
 

@@ -17,6 +17,7 @@ from .media import (
     instances_from_data_info,
     instances_from_prediction,
 )
+from .worker import BackgroundWorker
 
 Callback = pl.callbacks.Callback
 rank_zero_only, rank_zero_warn = pl.utilities.rank_zero_only, pl.utilities.rank_zero_warn
@@ -48,7 +49,9 @@ class WandbDetectionTables(Callback):
         on_validation_start        choose the images (first time only; all ranks)
         on_validation_batch_end    keep the predictions of chosen images this process saw
         on_validation_epoch_end    gather predictions from every process (all ranks: collective)
-                                   -> rank 0: `val` once, then `run_<id>_pred` (no collective inside)
+                                   -> rank 0: hand the tables to the background worker (nothing collective)
+        worker thread              read and encode the images: `val` once, then `run_<id>_pred`, logged
+        teardown, on_exception     wait for the worker (drain): every table handed over is logged
 
     Args:
         num_eval_images: how many validation images to log; 0 turns the tables off; more than the
@@ -56,6 +59,9 @@ class WandbDetectionTables(Callback):
         bbox_score_thr: logged predictions have a score above this, in [0, 1].
         seed: seed of the image choice.
         mean_confidence: add the ``conf_<class>`` columns to ``eval_data``.
+        background: build and log the tables on a background thread, so that training goes on meanwhile;
+            False builds them in ``on_validation_epoch_end`` (for debugging).
+        worker: the worker to use (``MMDetWandbCallback`` shares one among its parts); by default its own.
 
     Raises:
         ValueError: ``num_eval_images`` negative, ``bbox_score_thr`` outside [0, 1].
@@ -75,7 +81,8 @@ class WandbDetectionTables(Callback):
     PRED_TABLE = "eval_data"
 
     def __init__(self, num_eval_images: int = 100, bbox_score_thr: float = 0.3, seed: int = 42,
-                 mean_confidence: bool = True) -> None:
+                 mean_confidence: bool = True, background: bool = True, worker: BackgroundWorker | None = None,
+                 ) -> None:
         if not isinstance(mean_confidence, bool):
             raise ValueError(f"Expected argument `mean_confidence` to be a bool, but got {mean_confidence!r}.")
         self.mean_confidence = mean_confidence
@@ -89,10 +96,17 @@ class WandbDetectionTables(Callback):
         self._with_masks = False
         self._val_artifact: Any = None
         self._val_images: dict[int, tuple[str, Any]] = {}
+        self.worker = worker if worker is not None else BackgroundWorker(background=background)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._logger = find_wandb_logger(trainer, type(self).__name__)
         self._stage = stage
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.worker.close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.worker.drain()
 
     def _active(self, trainer: pl.Trainer) -> bool:
         return self.num_eval_images > 0 and not trainer.sanity_checking and trainer.state.fn in (
@@ -146,19 +160,33 @@ class WandbDetectionTables(Callback):
 
     @rank_zero_only
     def _log(self, trainer: pl.Trainer, dataset: Any, predictions: dict[int, Instances]) -> None:
+        """Hand the tables of this validation to the worker, with everything they need read now."""
+        run = self._logger.experiment
+        indices = list(self.indices or [])
+        infos = {index: dataset.get_data_info(index) for index in indices}  # mmengine's datasets return copies
+        classes = list(dataset.metainfo.get("classes") or [])
+        fn = str(getattr(trainer.state.fn, "value", trainer.state.fn))
+        aliases = [f"epoch_{trainer.current_epoch + 1}" if fn == "fit" else fn, "latest"]
+        log_val = not self.val_logged
+        self.val_logged = True  # handed over: a checkpoint saved from now on must not make a resumed run log it again
+        self.worker.submit(self._write_tables, run, indices, infos, classes, dict(predictions), self._with_masks,
+                           log_val, aliases)
+
+    def _write_tables(self, run: Any, indices: list[int], infos: dict[int, dict[str, Any]], classes: list[str],
+                      predictions: dict[int, Instances], with_masks: bool, log_val: bool, aliases: list[str]) -> None:
+        """On the worker: `val` (the first time), then this validation's `run_<id>_pred`. Only the worker
+        touches ``_val_images`` and ``_val_artifact``."""
         import wandb
 
-        run = self._logger.experiment
-        classes = list(dataset.metainfo.get("classes") or [])
         class_set = wandb.Classes([{"id": i + 1, "name": name} for i, name in enumerate(classes)])
-        if not self.val_logged:
-            self._log_val_table(run, dataset, classes, class_set)
+        if log_val:
+            self._log_val_table(run, indices, infos, classes, class_set, with_masks)
         elif not self._val_images:  # resumed: `val` is in the run already; rebuild its images, log nothing
-            self._val_table(dataset, classes, class_set)
+            self._val_table(indices, infos, classes, class_set, with_masks)
         confidence = [f"conf_{name}" for name in classes] if self.mean_confidence else []
         table = wandb.Table(columns=["image_name", "ground_truth", "prediction", *confidence])
         artifact = wandb.Artifact(f"run_{run.id}_pred", type="evaluation")
-        for index in self.indices or []:
+        for index in indices:
             if index not in self._val_images:
                 continue
             name, gt_image = self._val_images[index]
@@ -167,26 +195,26 @@ class WandbDetectionTables(Callback):
             means = mean_confidence(pred, len(classes)) if self.mean_confidence else []
             table.add_data(name, gt_image, _wandb_image(gt_image, pred, "predictions", classes, class_set), *means)
         artifact.add(table, self.PRED_TABLE)
-        fn = str(getattr(trainer.state.fn, "value", trainer.state.fn))
-        run.log_artifact(artifact, aliases=[f"epoch_{trainer.current_epoch + 1}" if fn == "fit" else fn, "latest"])
+        run.log_artifact(artifact, aliases=aliases)
 
-    def _log_val_table(self, run: Any, dataset: Any, classes: list[str], class_set: "wandb.Classes") -> None:
+    def _log_val_table(self, run: Any, indices: list[int], infos: dict[int, dict[str, Any]], classes: list[str],
+                       class_set: "wandb.Classes", with_masks: bool) -> None:
         import wandb
 
         artifact = wandb.Artifact(self.VAL_ARTIFACT, type="dataset")
-        artifact.add(self._val_table(dataset, classes, class_set), self.VAL_TABLE)
+        artifact.add(self._val_table(indices, infos, classes, class_set, with_masks), self.VAL_TABLE)
         run.log_artifact(artifact)
         self._val_artifact = artifact
-        self.val_logged = True
 
-    def _val_table(self, dataset: Any, classes: list[str], class_set: "wandb.Classes") -> "wandb.Table":
+    def _val_table(self, indices: list[int], infos: dict[int, dict[str, Any]], classes: list[str],
+                   class_set: "wandb.Classes", with_masks: bool) -> "wandb.Table":
         """The ``val_data`` table; fills ``_val_images`` (index -> name, image with ground truth)."""
         import wandb
         from PIL import Image
 
         table = wandb.Table(columns=["image_name", "image"])
-        for index in self.indices or []:
-            info = dataset.get_data_info(index)
+        for index in indices:
+            info = infos[index]
             path = str(info["img_path"])
             try:
                 with Image.open(path) as image:
@@ -195,7 +223,7 @@ class WandbDetectionTables(Callback):
                 rank_zero_warn(f"W&B val table: skipping image {path}, which cannot be read ({type(err).__name__}: {err}).")
                 continue
             height, width = pixels.shape[:2]
-            gt = instances_from_data_info(info, height, width, with_masks=self._with_masks)
+            gt = instances_from_data_info(info, height, width, with_masks=with_masks)
             if gt.problems:
                 rank_zero_warn(f"W&B val table: {path}: " + "; ".join(gt.problems))
             image = _wandb_image(pixels, gt, "ground_truth", classes, class_set)

@@ -1,0 +1,149 @@
+"""BackgroundWorker alone, and the W&B callbacks' tables and uploads off the training loop on a real offline run."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mmdet_lightning import MMDetDataModule, MMDetModule
+from mmdet_lightning.callbacks import MMDetWandbCallback
+from mmdet_lightning.lightning_package import pl
+from mmdet_lightning.wandb import tables
+from mmdet_lightning.wandb.records import artifacts, find_run_file, read_records
+from mmdet_lightning.wandb.worker import BackgroundWorker
+
+ModelCheckpoint, WandbLogger = pl.callbacks.ModelCheckpoint, pl.loggers.WandbLogger
+
+
+def _blocker(worker: BackgroundWorker) -> threading.Event:
+    """Submit a job that runs until the returned event is set; returns once the job has started."""
+    started, release = threading.Event(), threading.Event()
+
+    def job() -> None:
+        started.set()
+        release.wait(10)
+
+    worker.submit(job)
+    assert started.wait(5)
+    return release
+
+
+def test_submit_does_not_wait_for_a_slow_job_and_drain_waits_for_all() -> None:
+    worker = BackgroundWorker()
+    done: list[int] = []
+    start = time.perf_counter()
+    worker.submit(lambda: (time.sleep(0.5), done.append(1)))
+    worker.submit(done.append, 2)
+    assert time.perf_counter() - start < 0.2 and done == []
+    worker.drain()
+    assert done == [1, 2]  # in submission order
+    worker.close()
+
+
+def test_the_queue_is_bounded() -> None:
+    worker = BackgroundWorker(max_pending=2)
+    release = _blocker(worker)  # running, not waiting
+    worker.submit(time.sleep, 0)
+    worker.submit(time.sleep, 0)  # two waiting: the queue is full
+    returned = threading.Event()
+    third = threading.Thread(target=lambda: (worker.submit(time.sleep, 0), returned.set()))
+    third.start()
+    assert not returned.wait(0.3), "the third waiting job must block submit"
+    release.set()
+    assert returned.wait(5)
+    third.join()
+    worker.close()
+
+
+def test_a_failing_job_warns_and_later_jobs_still_run() -> None:
+    worker = BackgroundWorker()
+    done: list[str] = []
+
+    def upload() -> None:
+        raise OSError("disk on fire")
+
+    with pytest.warns(UserWarning, match=r"background job .*upload failed \(OSError: disk on fire\); training goes on"):
+        worker.submit(upload)
+        worker.submit(done.append, "after")
+        worker.drain()
+    assert done == ["after"] and worker.failures == 1
+    worker.close()
+
+
+def test_background_false_runs_inline() -> None:
+    worker = BackgroundWorker(background=False)
+    caller: list[threading.Thread] = []
+    worker.submit(lambda: caller.append(threading.current_thread()))
+    assert caller == [threading.current_thread()]
+    worker.drain()
+    worker.close()
+
+
+def test_close_stops_the_thread_and_the_worker_starts_again() -> None:
+    worker = BackgroundWorker()
+    done: list[int] = []
+    worker.submit(done.append, 1)
+    thread = worker._thread
+    worker.close()
+    assert done == [1] and thread is not None and not thread.is_alive()
+    worker.submit(done.append, 2)
+    worker.close()
+    assert done == [1, 2]
+
+
+def test_bad_max_pending() -> None:
+    with pytest.raises(ValueError, match="`max_pending` to be a positive int, but got 0"):
+        BackgroundWorker(max_pending=0)
+
+
+class StepTimes(pl.Callback):
+    """When each training batch starts."""
+
+    def __init__(self) -> None:
+        self.starts: list[tuple[int, float]] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.starts.append((trainer.global_step, time.monotonic()))
+
+
+@pytest.mark.slow
+def test_training_goes_on_while_the_tables_are_built(shapes_config: Any, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table job that takes 2 s does not hold up the next training batch; the artifacts are complete after fit."""
+    jobs: list[tuple[float, float, str]] = []
+    write = tables.WandbDetectionTables._write_tables
+
+    def slow_write(self: Any, *args: Any, **kwargs: Any) -> None:
+        start = time.monotonic()
+        time.sleep(2.0)
+        write(self, *args, **kwargs)
+        jobs.append((start, time.monotonic(), threading.current_thread().name))
+
+    monkeypatch.setattr(tables.WandbDetectionTables, "_write_tables", slow_write)
+    cfg = shapes_config("shapes_retinanet.py", max_epochs=2)
+    steps = StepTimes()
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="mmdet-lightning-tests")
+    callback = MMDetWandbCallback(interval=1, log_checkpoint=True, num_eval_images=4, bbox_score_thr=0.0)
+    trainer = pl.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=2, accelerator="cpu", logger=logger,
+                         callbacks=[steps, ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1,
+                                                           save_top_k=-1), callback],
+                         enable_progress_bar=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    pl.seed_everything(0)
+    trainer.fit(MMDetModule(cfg), datamodule=MMDetDataModule(cfg))
+    logger.experiment.finish()
+
+    assert len(jobs) == 2 and all(name != threading.main_thread().name for *_, name in jobs)
+    first_job_start, first_job_end, _ = jobs[0]
+    next_batch = next(t for step, t in steps.starts if step == 3)  # the first batch of epoch 2
+    assert first_job_start < next_batch < first_job_end, "the second epoch's first batch waited for the tables"
+    assert callback.worker._thread is None  # stopped at teardown
+
+    records = read_records(find_run_file(tmp_path))
+    names = [(a.name.split("_")[-1], sorted(a.aliases)) for a in artifacts(records)]
+    assert names.count(("val", ["latest"])) == 1
+    assert ("pred", ["epoch_1", "latest"]) in names and ("pred", ["epoch_2", "latest"]) in names
+    assert [a for a in artifacts(records) if a.type == "model"] and len([n for n in names if n[0] == "model"]) == 2
