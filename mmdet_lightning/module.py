@@ -388,9 +388,8 @@ class MMDetModule(pl.LightningModule):
         batch_size = len(batch["inputs"]) if isinstance(batch, Mapping) and "inputs" in batch else None
         to_logger = self.log_train_scalars and bool(trainer.loggers)
         self.log("train/loss", log_vars["loss"], batch_size=batch_size, prog_bar=True, logger=to_logger)
-        every = trainer.log_every_n_steps
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped + 1  # as Lightning's should_update_logs
-        if every and (step % every == 0 or trainer.should_stop):
+        # the condition of Lightning's own `update_train_step_metrics`
+        if trainer._logger_connector.should_update_logs or trainer.fast_dev_run:
             others = {f"train/{k}": v for k, v in log_vars.items() if k != "loss"}
             self.log_dict(others, batch_size=batch_size, logger=to_logger)
 

@@ -135,4 +135,3 @@ def _forward(name: str) -> Any:
 
 for _name in _FORWARDED_HOOKS:
     setattr(MMDetWandbCallback, _name, _forward(_name))
-
