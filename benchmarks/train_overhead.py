@@ -12,6 +12,13 @@ GPU-like step times on a CPU (10-30 ms), ``retinanet_96`` the ~150 ms step of is
 ``off`` (no progress bar, no logger; mmengine's LoggerHook every 10**9 iterations) or ``on`` (what users run:
 Lightning's progress bar and default logger; mmengine's LoggerHook printing every 50 iterations).
 
+Wall times of 10-50 ms steps on a shared 2-core machine vary by a few milliseconds between runs, more than
+what either framework adds, so each run also times the work both frameworks share (the same mmdet code:
+reading and transforming samples, data preprocessor, forward, ``parse_losses``, backward, optimizer step
+and ``zero_grad``) and reports, per iteration, the rest: **framework ms**, what the loop, hooks, callbacks,
+logging and progress bar cost on each side. Its difference between the two sides is the overhead, free of
+the model's run-to-run noise.
+
     python benchmarks/train_overhead.py                                 # the shipped configs
     python benchmarks/train_overhead.py --cases fast retinanet_96 --console off on --repeats 5 --iters 200
 """
@@ -66,18 +73,75 @@ def _config(case: str, data_root: str, iters: int, console: str) -> Any:
     return cfg
 
 
-def _run_mmengine(cfg: Any, work_dir: str) -> list[float]:
+class SharedWork:
+    """Seconds spent in the work both frameworks share: the same mmdet, mmengine and torch calls, timed by
+    wrapping them on either side (``seconds`` only grows; ``stamp`` records it beside the wall clock).
+
+    Example::
+        >>> shared = SharedWork()
+        >>> shared.wrap_model(model); shared.wrap_optimizer(optimizer)  # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.wall: list[float] = []
+        self.inside: list[float] = []
+        self._depth = 0
+
+    def timed(self, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if self._depth:  # nested shared calls (a sample read inside a step) are counted once
+                return fn(*args, **kwargs)
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self._depth -= 1
+        return wrapper
+
+    def wrap_globals(self) -> None:
+        """Sample reading and transforms (``BaseDataset.__getitem__``) and ``Tensor.backward``."""
+        import torch
+        from mmengine.dataset import BaseDataset
+
+        BaseDataset.__getitem__ = self.timed(BaseDataset.__getitem__)
+        torch.Tensor.backward = self.timed(torch.Tensor.backward)
+
+    def wrap_model(self, model: Any) -> None:
+        for obj, name in ((model.data_preprocessor, "forward"), (model, "forward"), (model, "parse_losses")):
+            setattr(obj, name, self.timed(getattr(obj, name)))
+
+    def wrap_optimizer(self, optimizer: Any) -> None:
+        for name in ("step", "zero_grad"):
+            setattr(optimizer, name, self.timed(getattr(optimizer, name)))
+
+    def stamp(self) -> None:
+        self.wall.append(time.perf_counter())
+        self.inside.append(self.seconds)
+
+    def per_iteration(self, warmup: int) -> tuple[list[float], list[float]]:
+        """Wall seconds and framework seconds (wall less shared work) of each iteration after ``warmup``."""
+        walls = [b - a for a, b in zip(self.wall, self.wall[1:])][warmup:]
+        shared = [b - a for a, b in zip(self.inside, self.inside[1:])][warmup:]
+        return walls, [w - s for w, s in zip(walls, shared)]
+
+
+def _run_mmengine(cfg: Any, work_dir: str, shared: SharedWork) -> None:
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
 
-    stamps: list[float] = []
-
     class Stamp(Hook):
+        def before_train(self, runner: Any) -> None:
+            shared.wrap_model(runner.model.module if hasattr(runner.model, "module") else runner.model)
+            shared.wrap_optimizer(runner.optim_wrapper.optimizer)
+
         def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
-            stamps.append(time.perf_counter())
+            shared.stamp()
 
         def after_train(self, runner: Any) -> None:
-            stamps.append(time.perf_counter())
+            shared.stamp()
 
     cfg.work_dir = work_dir
     if _world_size() > 1:  # started by torchrun, as `tools/dist_train.sh` starts mmdet's tools/train.py
@@ -86,21 +150,22 @@ def _run_mmengine(cfg: Any, work_dir: str) -> list[float]:
     runner = Runner.from_cfg(cfg)
     runner.register_hook(Stamp(), priority="VERY_LOW")
     runner.train()
-    return stamps
 
 
-def _run_lightning(cfg: Any, work_dir: str, console: bool) -> list[float]:
+def _run_lightning(cfg: Any, work_dir: str, console: bool, shared: SharedWork) -> None:
     from mmdet_lightning import MMDetDataModule, MMDetModule
     from mmdet_lightning.lightning_package import pl
 
-    stamps: list[float] = []
-
     class Stamp(pl.Callback):
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            shared.wrap_model(pl_module.model)
+            shared.wrap_optimizer(pl_module.optim_wrapper.optimizer)
+
         def on_train_batch_start(self, *args: Any) -> None:
-            stamps.append(time.perf_counter())
+            shared.stamp()
 
         def on_train_end(self, *args: Any) -> None:
-            stamps.append(time.perf_counter())
+            shared.stamp()
 
     iters = cfg.train_cfg.max_iters
     pl.seed_everything(cfg.randomness.seed)
@@ -110,20 +175,22 @@ def _run_lightning(cfg: Any, work_dir: str, console: bool) -> list[float]:
                          enable_checkpointing=False, enable_progress_bar=console, enable_model_summary=console, limit_val_batches=0,
                          callbacks=[Stamp()], default_root_dir=work_dir)
     trainer.fit(MMDetModule.from_config(cfg), datamodule=MMDetDataModule.from_config(cfg))
-    return stamps
 
 
 def _one_run(args: argparse.Namespace) -> None:
     cfg = _config(args.case, args.data_root, args.iters, args.console[0])
+    shared = SharedWork()
+    shared.wrap_globals()
     with tempfile.TemporaryDirectory() as work_dir:
         if args.one == "mmengine":
-            stamps = _run_mmengine(cfg, work_dir)
+            _run_mmengine(cfg, work_dir, shared)
         else:
-            stamps = _run_lightning(cfg, work_dir, args.console[0] == "on")
-    deltas = [b - a for a, b in zip(stamps, stamps[1:])][args.warmup:]
+            _run_lightning(cfg, work_dir, args.console[0] == "on", shared)
+    walls, framework = shared.per_iteration(args.warmup)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if int(os.environ.get("RANK", 0)) == 0:
-        print(json.dumps({"sec_per_iter": statistics.median(deltas), "iters": len(deltas), "peak_rss_mb": peak_mb}))
+        print(json.dumps({"sec_per_iter": statistics.median(walls), "framework_sec_per_iter": statistics.mean(framework),
+                          "iters": len(walls), "peak_rss_mb": peak_mb}))
 
 
 def _world_size() -> int:
@@ -147,7 +214,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--data-root", default="data/bench_shapes")
+    parser.add_argument("--data-root", default="data/bench_shapes_1000")
     parser.add_argument("--plot", help="also save a bar chart of seconds per iteration to this PNG")
     parser.add_argument("--one", choices=["mmengine", "lightning"], help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -158,9 +225,11 @@ def main() -> None:
 
     from mmdet_lightning import make_shapes_dataset
 
-    make_shapes_dataset(args.data_root, num_train=200, num_val=10)
+    # 1000 images: the timed iterations of a case stay within one epoch (no dataloader restart, where
+    # mmengine's IterBasedTrainLoop sleeps 2 s), so the framework time's mean is a per-step cost
+    make_shapes_dataset(args.data_root, num_train=1000, num_val=10)
     print(f"{'case':13s} {'console':7s} {'framework':10s} {'ms/iter min':>11s} {'median':>7s} {'max':>7s} "
-          f"{'peak MB':>7s} {'ratio':>6s} {'ms more':>7s}")
+          f"{'peak MB':>7s} {'ratio':>6s} {'ms more':>7s} {'framework ms':>12s} {'more':>6s}")
     table: dict[str, dict[str, list[float]]] = {}
     for case in args.cases:
         for console in args.console:
@@ -172,12 +241,14 @@ def main() -> None:
             table[f"{case} ({console})" if len(args.console) > 1 else case] = {
                 f: [r["sec_per_iter"] for r in rs] for f, rs in runs.items()}
             medians = {f: statistics.median(r["sec_per_iter"] for r in rs) for f, rs in runs.items()}
+            own = {f: 1000 * statistics.median(r["framework_sec_per_iter"] for r in rs) for f, rs in runs.items()}
             for framework, rs in runs.items():
                 ms = [1000 * r["sec_per_iter"] for r in rs]
                 ratio = medians[framework] / medians["mmengine"]
                 more = 1000 * (medians[framework] - medians["mmengine"])
                 print(f"{case:13s} {console:7s} {framework:10s} {min(ms):11.1f} {statistics.median(ms):7.1f} "
-                      f"{max(ms):7.1f} {max(r['peak_rss_mb'] for r in rs):7.0f} {ratio:6.3f} {more:7.2f}", flush=True)
+                      f"{max(ms):7.1f} {max(r['peak_rss_mb'] for r in rs):7.0f} {ratio:6.3f} {more:7.2f} "
+                      f"{own[framework]:12.2f} {own[framework] - own['mmengine']:6.2f}", flush=True)
 
     if args.plot:
         _plot(table, args.plot)
