@@ -24,7 +24,7 @@ import torch
 
 from .checkpoint import LoadReport, load_detector_weights
 from .checkpoint_io import SafeCheckpointIO
-from .config import ConfigLike, init_mmdet_scope, load_config, replace_data_root
+from .config import ConfigLike, apply_env_cfg, init_mmdet_scope, load_config, replace_data_root
 from .console import attach_log_file, library_output, metrics_table
 from .evaluation import EvaluatorBackend, record_coco_evals, use_evaluator_backend
 from .lightning_package import check_one_package, fabric, pl
@@ -181,6 +181,15 @@ class MMDetModule(pl.LightningModule):
             if fn in ("validate", "test"):
                 set_default_job_type(logger, str(getattr(fn, "value", fn)))
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """Lightning's default progress bar becomes its throttled twin (:mod:`mmdet_lightning.callbacks.progress_bar`:
+        the same bar, updated at most ten times a second instead of after every step); a progress bar passed
+        to the Trainer is kept."""
+        from .callbacks.progress_bar import replace_default_progress_bar
+
+        bar = replace_default_progress_bar(self.trainer.progress_bar_callback)
+        return [bar] if bar is not None else []
+
     # ------------------------------------------------------------------ strategies
     def setup(self, stage: str) -> None:
         """Checks the strategy and adapts the model's norm layers to it, as mmengine's runner wraps a model.
@@ -191,6 +200,7 @@ class MMDetModule(pl.LightningModule):
 
         trainer = self.trainer
         attach_log_file(trainer.default_root_dir, trainer.global_rank)
+        apply_env_cfg(self.cfg)
         strategy = trainer.strategy
         if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
             raise ValueError(
