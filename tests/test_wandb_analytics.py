@@ -178,6 +178,8 @@ def test_fit_logs_mmdet_numbers_after_each_validation(shapes_config: Any, traine
     assert found["best/coco/bbox_mAP"] == pytest.approx(max(maps)) and found["best/epoch"] == 1 + maps.index(max(maps))
     assert found["model/params"] == sum(p.numel() for p in module.model.parameters())
     assert found["model/flops"] > 1e8 and 0 < found["speed/ms_per_image"] < 60_000
+    # counted on the worker, on copies: the FLOPs of mmengine's whole complexity analysis (get_flops.py's)
+    assert found["model/flops"] == _get_flops_tool(module.model, module.trainer.datamodule.val_dataloader())
 
     # eval_data: a mean-confidence column a class, the mean score of that class's boxes in the row
     preds = [a for a in artifacts(records) if a.name.endswith("_pred")]
@@ -194,6 +196,22 @@ def test_fit_logs_mmdet_numbers_after_each_validation(shapes_config: Any, traine
                 assert value == pytest.approx(np.mean(scores), abs=1e-5)
                 filled += 1
     assert filled > 0
+
+
+def _get_flops_tool(model: Any, loader: Any) -> int:
+    """FLOPs as mmdet's tools/analysis_tools/get_flops.py counts them, on the first image of ``loader``."""
+    import torch
+    from mmengine.analysis import get_model_complexity_info
+
+    from mmdet_lightning.wandb.analytics import _TensorForward
+
+    batch = next(iter(loader))
+    model.eval()
+    with torch.no_grad():
+        data = model.data_preprocessor({key: value[:1] for key, value in batch.items()}, False)
+        info = get_model_complexity_info(_TensorForward(model, data["data_samples"]), inputs=data["inputs"],
+                                         show_table=False, show_arch=False)
+    return int(info["flops"])
 
 
 @pytest.mark.slow

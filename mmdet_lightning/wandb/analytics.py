@@ -3,6 +3,7 @@ run summary (best metric and its epoch, parameters, FLOPs, milliseconds per imag
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -12,6 +13,7 @@ import torch
 from .. import analysis
 from ..lightning_package import pl
 from ._common import check_unit_interval, find_wandb_logger
+from .worker import BackgroundWorker
 
 Callback = pl.callbacks.Callback
 rank_zero_only, rank_zero_warn = pl.utilities.rank_zero_only, pl.utilities.rank_zero_warn
@@ -47,6 +49,8 @@ class WandbEvalAnalytics(Callback):
     Run summary: ``best/<monitor>`` and ``best/epoch`` (1-based, as the ``epoch_N`` aliases), ``model/params``,
     ``model/flops`` (mmengine's complexity analysis on one image of the first validation batch: the config's
     test input size) and ``speed/ms_per_image`` (validation / test step time per image, latest evaluation).
+    The FLOPs are counted once a run, on a copy of the model, by the background worker (a few seconds of
+    tracing that the training loop does not wait for).
 
     Args:
         per_class_ap: log the per-class AP table.
@@ -58,6 +62,8 @@ class WandbEvalAnalytics(Callback):
         tp_iou_thr: IoU from which a detection matches a ground truth in the confusion matrix.
         monitor: the metric whose best value goes into the summary.
         mode: ``"max"`` or ``"min"``: which value of ``monitor`` is best.
+        background: count the FLOPs on a background thread; False counts them in the validation step.
+        worker: the worker to use (``MMDetWandbCallback`` shares one among its parts); by default its own.
 
     Raises:
         ValueError: a threshold outside [0, 1], ``mode`` not ``"max"`` / ``"min"``, a part switch not a bool.
@@ -74,7 +80,8 @@ class WandbEvalAnalytics(Callback):
 
     def __init__(self, per_class_ap: bool = True, pr_curves: bool = True, confusion_matrix: bool = True,
                  run_summary: bool = True, bbox_score_thr: float = 0.3, tp_iou_thr: float = 0.5,
-                 monitor: str = "coco/bbox_mAP", mode: Literal["max", "min"] = "max") -> None:
+                 monitor: str = "coco/bbox_mAP", mode: Literal["max", "min"] = "max", background: bool = True,
+                 worker: BackgroundWorker | None = None) -> None:
         for name, value in (("per_class_ap", per_class_ap), ("pr_curves", pr_curves),
                             ("confusion_matrix", confusion_matrix), ("run_summary", run_summary)):
             if not isinstance(value, bool):
@@ -93,7 +100,9 @@ class WandbEvalAnalytics(Callback):
         self.mode = mode
         self.best: float | None = None
         self.best_epoch: int | None = None
+        #: the model's parameters and FLOPs once counted ({} while the worker counts them)
         self.complexity: dict[str, float] | None = None
+        self.worker = worker if worker is not None else BackgroundWorker(background=background)
         self._step_time = 0.0
         self._images = 0
         self._batch_start: float | None = None
@@ -103,6 +112,15 @@ class WandbEvalAnalytics(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._logger = find_wandb_logger(trainer, type(self).__name__)
         self._stage = stage
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.worker.close()
+        run = getattr(getattr(self, "_logger", None), "_experiment", None)
+        if self.complexity and run is not None and not getattr(run, "_is_finished", False):
+            self._summarise_complexity()  # counted after the last evaluation's summary (rank 0 only counts)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.worker.drain()
 
     # ------------------------------------------------------------------ timing and model complexity
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -125,7 +143,16 @@ class WandbEvalAnalytics(Callback):
             self._images += len(outputs) if isinstance(outputs, (list, tuple)) else 1
         self._batch_start = None
         if self.run_summary and self.complexity is None and trainer.is_global_zero:
-            self.complexity = model_complexity(pl_module, batch)
+            # the worker counts on copies: training goes on changing the model (and its train/eval mode)
+            self.complexity = {}
+            model = copy.deepcopy(getattr(pl_module, "model", pl_module))
+            one_image = copy.deepcopy({key: value[:1] for key, value in batch.items()})
+            self.worker.submit(self._count_complexity, model, one_image)
+
+    def _count_complexity(self, model: torch.nn.Module, one_image: Any) -> None:
+        """On the worker: the model's parameters and FLOPs (the main thread writes them to the summary: wandb's
+        run objects are not thread-safe)."""
+        self.complexity = model_complexity(model, one_image)
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                           batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -210,9 +237,12 @@ class WandbEvalAnalytics(Callback):
             summary[f"best/{self.monitor}"] = self.best
             summary["best/epoch"] = self.best_epoch
         if self.complexity:
-            summary.update({f"model/{k}": v for k, v in self.complexity.items()})
+            self._summarise_complexity()
         if self._images:
             summary["speed/ms_per_image"] = 1000.0 * self._step_time / self._images
+
+    def _summarise_complexity(self) -> None:
+        self._logger.experiment.summary.update({f"model/{k}": v for k, v in (self.complexity or {}).items()})
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}
@@ -222,9 +252,10 @@ class WandbEvalAnalytics(Callback):
             self.best, self.best_epoch = state_dict.get("best"), state_dict.get("best_epoch")
 
 
-def model_complexity(pl_module: pl.LightningModule, batch: Any) -> dict[str, float]:
-    """``{"params": ..., "flops": ...}`` of ``pl_module.model`` on the first image of a collated mmdet
-    batch (as mmdet's ``tools/analysis_tools/get_flops.py``); only ``params`` when FLOPs cannot be counted.
+def model_complexity(pl_module: torch.nn.Module, batch: Any) -> dict[str, float]:
+    """``{"params": ..., "flops": ...}`` of ``pl_module.model`` (or of a detector itself) on the first image
+    of a collated mmdet batch (the FLOPs of mmdet's ``tools/analysis_tools/get_flops.py``, without its
+    second trace for activations); only ``params`` when FLOPs cannot be counted.
 
     Example::
         >>> model_complexity(module, next(iter(datamodule.val_dataloader())))  # doctest: +SKIP
@@ -233,21 +264,14 @@ def model_complexity(pl_module: pl.LightningModule, batch: Any) -> dict[str, flo
     model = getattr(pl_module, "model", pl_module)
     found: dict[str, float] = {"params": int(sum(p.numel() for p in model.parameters()))}
     try:
-        from mmengine.analysis import get_model_complexity_info
-        from mmengine.logging import MMLogger
+        from mmengine.analysis import FlopAnalyzer
 
         one = {key: value[:1] for key, value in batch.items()}
-        logger = MMLogger.get_current_instance()
-        level = logger.level
-        logger.setLevel("ERROR")  # mmengine warns about every operator it does not count
-        try:
-            with torch.no_grad():
-                data = model.data_preprocessor(one, False)
-                info = get_model_complexity_info(_TensorForward(model, data["data_samples"]), inputs=data["inputs"],
-                                                 show_table=False, show_arch=False)
-        finally:
-            logger.setLevel(level)
-        found["flops"] = int(info["flops"])
+        with torch.no_grad():
+            data = model.data_preprocessor(one, False)
+            flops = FlopAnalyzer(_TensorForward(model, data["data_samples"]), data["inputs"])
+            # mmengine would warn about every operator it does not count
+            found["flops"] = int(flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False).total())
     except Exception as err:  # tracing fails on some models: say so, keep the rest
         rank_zero_warn(f"W&B run summary: could not count the model's FLOPs ({type(err).__name__}: {err}).")
     return found

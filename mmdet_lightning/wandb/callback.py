@@ -46,10 +46,10 @@ class MMDetWandbCallback(Callback):
         confusion_matrix: log ``eval/confusion_matrix`` (chart) and ``eval/confusion_matrix_counts``.
         run_summary: best monitored metric and its epoch, parameters, FLOPs and ms per image in the summary.
         monitor: the metric whose best value the summary holds.
-        background: build the tables and log the artifacts (tables, checkpoints) on one background thread
-            shared by the parts, so that no training step waits on them; what is handed over is logged by
-            the end of ``fit`` / ``validate`` / ``test``, on an exception and at interpreter exit. False does
-            that work in the hooks themselves (for debugging).
+        background: build the tables, log the artifacts (tables, checkpoints) and count the FLOPs on one
+            background thread shared by the parts, so that no training step waits on them; what is handed
+            over is logged by the end of ``fit`` / ``validate`` / ``test``, on an exception and at interpreter
+            exit. False does that work in the hooks themselves (for debugging).
 
     Raises:
         ValueError: a negative ``interval`` or ``num_eval_images``, ``bbox_score_thr`` outside [0, 1].
@@ -89,7 +89,8 @@ class MMDetWandbCallback(Callback):
                                                    mean_confidence=mean_confidence, worker=self.worker))
         analytics = dict(per_class_ap=per_class_ap, pr_curves=pr_curves, confusion_matrix=confusion_matrix,
                          run_summary=run_summary)
-        analytics_part = WandbEvalAnalytics(**analytics, bbox_score_thr=bbox_score_thr, monitor=monitor)
+        analytics_part = WandbEvalAnalytics(**analytics, bbox_score_thr=bbox_score_thr, monitor=monitor,
+                                            worker=self.worker)
         if any(analytics.values()):
             self.parts.append(analytics_part)
 
