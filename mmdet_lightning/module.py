@@ -18,6 +18,7 @@ import contextlib
 import copy
 import math
 import os
+import time
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import torch
@@ -61,7 +62,8 @@ class MMDetModule(pl.LightningModule):
             (``FastCocoMetric``: the same numbers, faster).
         invalid_loss: what a NaN or infinite loss does (mmdet's ``CheckInvalidLossHook``): ``"raise"`` stops
             training with a ``FloatingPointError`` naming the iteration and every loss term; ``"skip"`` warns
-            and skips the step before backward, leaving weights and optimizer untouched (``skipped_steps``).
+            and skips the optimizer step, its gradients discarded, leaving weights and optimizer untouched
+            (``skipped_steps``). Checked once backward is queued, with no host synchronisation before it.
         cfg_options: config values to override, as mmdet's ``--cfg-options``: ``["optim_wrapper.optimizer.lr=0.01"]``
             or ``{"optim_wrapper.optimizer.lr": 0.01}`` (:func:`~mmdet_lightning.config.apply_cfg_options`; a key
             that is not in the config is an error).
@@ -81,6 +83,10 @@ class MMDetModule(pl.LightningModule):
         >>> trainer = pl.Trainer(max_epochs=12)  # doctest: +SKIP
         >>> trainer.fit(module, datamodule=MMDetDataModule.from_config(...))  # doctest: +SKIP
     """
+
+    #: seconds between two ``train/loss`` values sent to the progress bar and ``callback_metrics`` at the least
+    #: (the loggers get every ``log_every_n_steps``-th step, an epoch's last batch always)
+    TRAIN_LOSS_INTERVAL = 0.1
 
     def __init__(self, config: ConfigLike, load_from: str | None = None, data_root: str | None = None,
                  evaluator_backend: EvaluatorBackend = "pycocotools",
@@ -137,6 +143,8 @@ class MMDetModule(pl.LightningModule):
         #: whether training scalars go to the loggers every step (a metrics callback that logs interval
         #: averages turns this off, so nothing is logged twice); the progress bar shows the loss either way
         self.log_train_scalars = True
+        self._train_loss_logged_at = float("-inf")
+        self._train_loss_every_step = False
         #: scalar results of the latest validation (or test), e.g. ``{"coco/bbox_mAP": 0.57, ...}``
         self.last_eval_metrics: dict[str, float] = {}
         #: the accumulated ``COCOeval`` of the latest validation (or test) by IoU type (``"bbox"``, ``"segm"``), on
@@ -230,9 +238,13 @@ class MMDetModule(pl.LightningModule):
             from mmengine.model import revert_sync_batchnorm
 
             self.model = revert_sync_batchnorm(self.model)
-        if isinstance(strategy, DDPStrategy) and self.cfg.get("find_unused_parameters"):
-            # the config's top-level `find_unused_parameters`, which mmengine passes to its DDP wrapper
-            strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
+        if isinstance(strategy, DDPStrategy):
+            # as mmengine's runner wraps the model: each process keeps its own buffers (BatchNorm statistics;
+            # validation takes rank 0's), instead of a broadcast from rank 0 before every forward
+            strategy._ddp_kwargs.setdefault("broadcast_buffers", False)
+            if self.cfg.get("find_unused_parameters"):
+                # the config's top-level `find_unused_parameters`, which mmengine passes to its DDP wrapper
+                strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
 
     def _check_unused_parameters(self) -> None:
         """Under DDP without ``find_unused_parameters``, parameters that got no gradient make DDP fail at the
@@ -336,6 +348,8 @@ class MMDetModule(pl.LightningModule):
         hub.update_info("iter", self._iteration())
         hub.update_info("max_epochs", max_epochs)
         hub.update_info("max_iters", max_iters)
+        # a checkpoint or early stopping that monitors the training loss reads it after every step
+        self._train_loss_every_step = any(getattr(cb, "monitor", None) == "train/loss" for cb in self.trainer.callbacks)
         dataset = first_dataset(self.trainer.train_dataloader)
         self._check_classes(dataset, "train")
         if hasattr(dataset, "metainfo"):
@@ -374,9 +388,11 @@ class MMDetModule(pl.LightningModule):
         data = self.model.data_preprocessor(batch, True)
         losses = self.model(**data, mode="loss")
         loss, log_vars = self.model.parse_losses(losses)
-        if not self._loss_is_finite(loss, log_vars):
-            return None
+        finite = self._start_finite_check(loss)
         self.manual_backward(wrapper.scale_loss(loss))
+        if not self._loss_is_finite(finite, log_vars):
+            self.optimizers().zero_grad()
+            return None
         if self._iteration() == 0:
             self._check_unused_parameters()
         wrapper._inner_count += 1
@@ -390,26 +406,43 @@ class MMDetModule(pl.LightningModule):
         return {"loss": log_vars["loss"], "log_vars": log_vars}
 
     def _log_train_scalars(self, batch: Any, log_vars: Mapping[str, torch.Tensor]) -> None:
-        """``train/loss`` every step (progress bar, ``callback_metrics``); the other terms only at the steps
-        where Lightning writes to its loggers (every ``log_every_n_steps``), where the loggers get the same
-        values as if they were logged every step: each ``self.log`` costs about half a millisecond, a lot
-        beside a 20 ms GPU step. No host synchronisation here (the tensors stay on the device)."""
+        """Every loss term at the steps where Lightning writes to its loggers (every ``log_every_n_steps``),
+        where the loggers get the same values as if they were logged every step; ``train/loss`` (progress bar,
+        ``callback_metrics``) also at an epoch's last batch and at most every ``TRAIN_LOSS_INTERVAL`` seconds
+        in between, as the progress bar shows it, or every step when a callback monitors it. Each ``self.log``
+        costs about half a millisecond, a lot beside a 20 ms GPU step. No host synchronisation here (the
+        tensors stay on the device). Callbacks see every step's losses in ``outputs["log_vars"]``."""
         trainer = self.trainer
+        to_loggers_now = trainer._logger_connector.should_update_logs or trainer.fast_dev_run  # Lightning's condition
+        now = time.monotonic()
+        if not (to_loggers_now or self._train_loss_every_step or self._batch_end_pending
+                or now - self._train_loss_logged_at >= self.TRAIN_LOSS_INTERVAL):
+            return
+        self._train_loss_logged_at = now
         batch_size = len(batch["inputs"]) if isinstance(batch, Mapping) and "inputs" in batch else None
         to_logger = self.log_train_scalars and bool(trainer.loggers)
         self.log("train/loss", log_vars["loss"], batch_size=batch_size, prog_bar=True, logger=to_logger)
-        # the condition of Lightning's own `update_train_step_metrics`
-        if trainer._logger_connector.should_update_logs or trainer.fast_dev_run:
+        if to_loggers_now:
             others = {f"train/{k}": v for k, v in log_vars.items() if k != "loss"}
             self.log_dict(others, batch_size=batch_size, logger=to_logger)
 
-    def _loss_is_finite(self, loss: torch.Tensor, log_vars: Mapping[str, Any]) -> bool:
-        """mmdet's ``CheckInvalidLossHook`` before backward: raise, or count and skip the step. The decision
-        is shared by all processes (a step skipped on one rank only would hang the others)."""
-        finite = bool(torch.isfinite(loss).all())
-        if self.trainer.world_size > 1:
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if finite:
+    def _start_finite_check(self, loss: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Whether the loss is finite on every process, started without waiting: a flag on the loss's device
+        and, under DDP, an asynchronous all-reduce (minimum) that runs while backward does."""
+        finite = torch.isfinite(loss.detach()).all().to(torch.int32)
+        work = None
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            work = torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN, async_op=True)
+        return finite, work
+
+    def _loss_is_finite(self, check: tuple[torch.Tensor, Any], log_vars: Mapping[str, Any]) -> bool:
+        """mmdet's ``CheckInvalidLossHook`` before the optimizer step: raise, or count and skip the step. The
+        decision is shared by all processes (a step skipped on one rank only would hang the others); its one
+        host synchronisation comes after backward is queued, as mmengine's per-step ``.item()`` of the losses."""
+        finite, work = check
+        if work is not None:
+            work.wait()
+        if bool(finite):
             return True
         terms = ", ".join(f"{k}={float(v):.6g}" for k, v in log_vars.items())
         where = f"iteration {self._iteration()} (epoch {self.current_epoch})"

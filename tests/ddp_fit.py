@@ -43,6 +43,7 @@ def main() -> None:
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         (out / "metrics.json").write_text(json.dumps(metrics))
+        (out / "ddp.json").write_text(json.dumps({"broadcast_buffers": trainer.strategy.model.broadcast_buffers}))
     trainer.predict(module, datamodule=MMDetDataModule(cfg, predict_folder=predict_folder), return_predictions=False)
     if trainer.is_global_zero:
         import wandb
