@@ -14,8 +14,8 @@ Lightning's progress bar and default logger; mmengine's LoggerHook printing ever
 
 Wall times of 10-50 ms steps on a shared 2-core machine vary by a few milliseconds between runs, more than
 what either framework adds, so each run also times the work both frameworks share (the same mmdet code:
-reading and transforming samples, data preprocessor, forward, ``parse_losses``, backward, optimizer step
-and ``zero_grad``) and reports, per iteration, the rest: **framework ms**, what the loop, hooks, callbacks,
+reading and transforming samples, data preprocessor, forward, ``parse_losses``, backward, the config's
+gradient clipping, optimizer step and ``zero_grad``) and reports, per iteration, the rest: **framework ms**, what the loop, hooks, callbacks,
 logging and progress bar cost on each side. Its difference between the two sides is the overhead, free of
 the model's run-to-run noise.
 
@@ -79,7 +79,7 @@ class SharedWork:
 
     Example::
         >>> shared = SharedWork()
-        >>> shared.wrap_model(model); shared.wrap_optimizer(optimizer)  # doctest: +SKIP
+        >>> shared.wrap_model(model); shared.wrap_optimizer(optim_wrapper)  # doctest: +SKIP
     """
 
     def __init__(self) -> None:
@@ -113,9 +113,12 @@ class SharedWork:
         for obj, name in ((model.data_preprocessor, "forward"), (model, "forward"), (model, "parse_losses")):
             setattr(obj, name, self.timed(getattr(obj, name)))
 
-    def wrap_optimizer(self, optimizer: Any) -> None:
+    def wrap_optimizer(self, optim_wrapper: Any) -> None:
+        """The optimizer's ``step`` and ``zero_grad`` and the wrapper's gradient clipping (mmengine's
+        ``OptimWrapper.step`` clips; MMDetModule clips in ``on_before_optimizer_step``, inside the step)."""
+        optim_wrapper._clip_grad = self.timed(optim_wrapper._clip_grad)
         for name in ("step", "zero_grad"):
-            setattr(optimizer, name, self.timed(getattr(optimizer, name)))
+            setattr(optim_wrapper.optimizer, name, self.timed(getattr(optim_wrapper.optimizer, name)))
 
     def stamp(self) -> None:
         self.wall.append(time.perf_counter())
@@ -135,7 +138,7 @@ def _run_mmengine(cfg: Any, work_dir: str, shared: SharedWork) -> None:
     class Stamp(Hook):
         def before_train(self, runner: Any) -> None:
             shared.wrap_model(runner.model.module if hasattr(runner.model, "module") else runner.model)
-            shared.wrap_optimizer(runner.optim_wrapper.optimizer)
+            shared.wrap_optimizer(runner.optim_wrapper)
 
         def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
             shared.stamp()
@@ -145,8 +148,13 @@ def _run_mmengine(cfg: Any, work_dir: str, shared: SharedWork) -> None:
 
     cfg.work_dir = work_dir
     if _world_size() > 1:  # started by torchrun, as `tools/dist_train.sh` starts mmdet's tools/train.py
+        import torch
+
         cfg.launcher = "pytorch"
-        cfg.env_cfg.dist_cfg = dict(backend="gloo")
+        # on CPU processes: mmengine's init_dist('pytorch') would call torch.cuda.set_device, and its DDP
+        # wrapper would pass a CUDA device id; the runner joins a process group that already exists
+        torch.distributed.init_process_group("gloo")
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
     runner = Runner.from_cfg(cfg)
     runner.register_hook(Stamp(), priority="VERY_LOW")
     runner.train()
@@ -159,7 +167,7 @@ def _run_lightning(cfg: Any, work_dir: str, console: bool, shared: SharedWork) -
     class Stamp(pl.Callback):
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
             shared.wrap_model(pl_module.model)
-            shared.wrap_optimizer(pl_module.optim_wrapper.optimizer)
+            shared.wrap_optimizer(pl_module.optim_wrapper)
 
         def on_train_batch_start(self, *args: Any) -> None:
             shared.stamp()
