@@ -210,23 +210,20 @@ class WandbDetectionTables(Callback):
                    class_set: "wandb.Classes", with_masks: bool) -> "wandb.Table":
         """The ``val_data`` table; fills ``_val_images`` (index -> name, image with ground truth)."""
         import wandb
-        from PIL import Image
 
         table = wandb.Table(columns=["image_name", "image"])
         for index in indices:
             info = infos[index]
             path = str(info["img_path"])
             try:
-                with Image.open(path) as image:
-                    pixels = np.asarray(image.convert("RGB"))
+                source, height, width = _image_source(path)
             except Exception as err:  # PIL raises many types for unreadable files
                 rank_zero_warn(f"W&B val table: skipping image {path}, which cannot be read ({type(err).__name__}: {err}).")
                 continue
-            height, width = pixels.shape[:2]
             gt = instances_from_data_info(info, height, width, with_masks=with_masks)
             if gt.problems:
                 rank_zero_warn(f"W&B val table: {path}: " + "; ".join(gt.problems))
-            image = _wandb_image(pixels, gt, "ground_truth", classes, class_set)
+            image = _wandb_image(source, gt, "ground_truth", classes, class_set)
             name = Path(path).name
             table.add_data(name, image)
             self._val_images[index] = (name, image)
@@ -280,6 +277,20 @@ def mean_confidence(instances: Instances, num_classes: int) -> list[float | None
     scores = instances.scores if instances.scores is not None else np.ones(len(instances.labels))
     return [round(float(scores[instances.labels == k].mean()), 6) if (instances.labels == k).any() else None
             for k in range(num_classes)]
+
+
+def _image_source(path: str) -> tuple[str | np.ndarray, int, int]:
+    """What ``wandb.Image`` takes for the file at ``path``, and its height and width: the file itself when W&B
+    shows it as it is (an RGB PNG or JPEG: same pixels as the hook's decoded array, without encoding them
+    into a new PNG), else its pixels as RGB. Raises what PIL raises for a file it cannot read."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        width, height = image.size
+        if image.mode == "RGB" and image.format in ("PNG", "JPEG"):
+            image.verify()  # a damaged PNG (checksums) is refused here, as a decode would
+            return path, height, width
+        return np.asarray(image.convert("RGB")), height, width
 
 
 def _wandb_image(pixels: Any, instances: Instances, key: str, classes: list[str], class_set: Any) -> "wandb.Image":
