@@ -21,6 +21,15 @@ def main() -> None:
     from mmdet_lightning.config import load_config, replace_data_root
     from mmdet_lightning.lightning_package import pl
 
+    class WrapperSeen(pl.Callback):
+        """Keeps the DDP wrapper's ``broadcast_buffers`` (the strategy unwraps the model at teardown)."""
+
+        broadcast_buffers = None
+
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self.broadcast_buffers = trainer.strategy.model.broadcast_buffers
+
+    wrapper = WrapperSeen()
     out, data_root, load_from = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     devices, predict_folder = int(sys.argv[4]), sys.argv[5]
     torch.set_num_threads(1)
@@ -36,14 +45,14 @@ def main() -> None:
         callbacks=[pl.callbacks.ModelCheckpoint(dirpath=str(out / "ckpt"), every_n_epochs=1, save_top_k=-1,
                                                 save_last=True),
                    MMDetWandbCallback(interval=1, log_checkpoint=True, num_eval_images=5, bbox_score_thr=0.3),
-                   DetectionWriter(out / "predictions", draw=False)],
+                   DetectionWriter(out / "predictions", draw=False), wrapper],
     )
     module = MMDetModule(cfg)
     trainer.fit(module, datamodule=MMDetDataModule(cfg))
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         (out / "metrics.json").write_text(json.dumps(metrics))
-        (out / "ddp.json").write_text(json.dumps({"broadcast_buffers": trainer.strategy.model.broadcast_buffers}))
+        (out / "ddp.json").write_text(json.dumps({"broadcast_buffers": wrapper.broadcast_buffers}))
     trainer.predict(module, datamodule=MMDetDataModule(cfg, predict_folder=predict_folder), return_predictions=False)
     if trainer.is_global_zero:
         import wandb
