@@ -8,5 +8,6 @@ from .prediction_writer import DetectionWriter
 from .progress_bar import MMDetProgressBar, MMDetRichProgressBar
 
 __all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables",
-           "WandbEvalAnalytics", "DetectionWriter", "MMDetProgressBar", "MMDetRichProgressBar", "ModelEMA", "PipelineSwitch", "YOLOXModeSwitch", "SyncNorm",
+           "WandbEvalAnalytics", "DetectionWriter", "MMDetProgressBar", "MMDetRichProgressBar", "ModelEMA",
+           "PipelineSwitch", "YOLOXModeSwitch", "SyncNorm",
            "callbacks_from_config", "wandb_run_id"]

@@ -23,9 +23,12 @@ HOOK_CALLBACKS: dict[str, Callable[..., pl.Callback]] = {
 }
 #: hook types whose job is already done without a callback, and by what
 COVERED_HOOKS: dict[str, str] = {
-    "CheckInvalidLossHook": "MMDetModule's finite-loss check before each backward (MMDetModule(invalid_loss='raise'|'skip'))",
+    "CheckInvalidLossHook": "MMDetModule's finite-loss check before each optimizer step "
+                            "(MMDetModule(invalid_loss='raise'|'skip'))",
     "NumClassCheckHook": "MMDetModule's class-count check (heads vs dataset classes) at the start of each stage",
-    "SyncBuffersHook": "Lightning's DDP (broadcast_buffers) and MMDetModule validating with rank 0's buffers",
+    "SyncBuffersHook": "MMDetModule validating and saving rank 0's buffers (the hook averaged them over "
+                       "processes after each epoch; add mmdet_lightning.callbacks.SyncNorm to average the norm "
+                       "layers' statistics)",
 }
 
 
