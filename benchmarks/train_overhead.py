@@ -15,9 +15,9 @@ Lightning's progress bar and default logger; mmengine's LoggerHook printing ever
 Wall times of 10-50 ms steps on a shared 2-core machine vary by a few milliseconds between runs, more than
 what either framework adds, so each run also times the work both frameworks share (the same mmdet code:
 reading and transforming samples, data preprocessor, forward, ``parse_losses``, backward, the config's
-gradient clipping, optimizer step and ``zero_grad``) and reports, per iteration, the rest: **framework ms**, what the loop, hooks, callbacks,
-logging and progress bar cost on each side. Its difference between the two sides is the overhead, free of
-the model's run-to-run noise.
+gradient clipping, optimizer step and ``zero_grad``) and reports, per iteration, the rest: **framework ms**,
+what the loop, hooks, callbacks, logging and progress bar cost on each side. Its difference between the two
+sides is the overhead, free of the model's run-to-run noise.
 
     python benchmarks/train_overhead.py                                 # the shipped configs
     python benchmarks/train_overhead.py --cases fast retinanet_96 --console off on --repeats 5 --iters 200
@@ -197,8 +197,8 @@ def _one_run(args: argparse.Namespace) -> None:
     walls, framework = shared.per_iteration(args.warmup)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if int(os.environ.get("RANK", 0)) == 0:
-        print(json.dumps({"sec_per_iter": statistics.median(walls), "framework_sec_per_iter": statistics.mean(framework),
-                          "iters": len(walls), "peak_rss_mb": peak_mb}))
+        print(json.dumps({"sec_per_iter": statistics.median(walls), "iters": len(walls), "peak_rss_mb": peak_mb,
+                          "framework_sec_per_iter": statistics.mean(framework)}))
 
 
 def _world_size() -> int:
