@@ -19,6 +19,7 @@ from ..lightning_package import pl
 
 TQDMProgressBar = pl.callbacks.TQDMProgressBar
 RichProgressBar = pl.callbacks.RichProgressBar
+RichProgressBarTheme = pl.callbacks.progress.rich_progress.RichProgressBarTheme
 
 __all__ = ["MMDetProgressBar", "MMDetRichProgressBar", "replace_default_progress_bar"]
 
@@ -100,8 +101,8 @@ class MMDetRichProgressBar(_Throttle, RichProgressBar):
 
     def __init__(self, refresh_rate: int = 100, leave: bool = False, theme: Any = None,
                  console_kwargs: dict[str, Any] | None = None, min_interval: float = 0.1) -> None:
-        theme = theme if theme is not None else pl.callbacks.progress.rich_progress.RichProgressBarTheme()
-        super().__init__(refresh_rate=refresh_rate, leave=leave, theme=theme, console_kwargs=console_kwargs)
+        super().__init__(refresh_rate=refresh_rate, leave=leave, theme=theme or RichProgressBarTheme(),
+                         console_kwargs=console_kwargs)
         self._init_throttle(min_interval)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -130,6 +131,6 @@ def replace_default_progress_bar(bar: Any) -> pl.callbacks.ProgressBar | None:
     if type(bar) is TQDMProgressBar and bar.refresh_rate == 1 and bar.process_position == 0 and not bar._leave:
         return MMDetProgressBar()
     if (type(bar) is RichProgressBar and bar.refresh_rate == 100 and not bar._leave and not bar._console_kwargs
-            and bar.theme == pl.callbacks.progress.rich_progress.RichProgressBarTheme()):
+            and bar.theme == RichProgressBarTheme()):
         return MMDetRichProgressBar()
     return None
