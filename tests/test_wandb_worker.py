@@ -35,10 +35,11 @@ def _blocker(worker: BackgroundWorker) -> threading.Event:
 def test_submit_does_not_wait_for_a_slow_job_and_drain_waits_for_all() -> None:
     worker = BackgroundWorker()
     done: list[int] = []
-    start = time.perf_counter()
-    worker.submit(lambda: (time.sleep(0.5), done.append(1)))
+    release = threading.Event()
+    worker.submit(lambda: (release.wait(10), done.append(1)))  # held until released: submit returned without it
     worker.submit(done.append, 2)
-    assert time.perf_counter() - start < 0.2 and done == []
+    assert done == []
+    release.set()
     worker.drain()
     assert done == [1, 2]  # in submission order
     worker.close()
@@ -100,46 +101,49 @@ def test_bad_max_pending() -> None:
         BackgroundWorker(max_pending=0)
 
 
-class StepTimes(pl.Callback):
-    """When each training batch starts."""
+class BatchStarted(pl.Callback):
+    """Sets an event when the training batch at `step` starts."""
 
-    def __init__(self) -> None:
-        self.starts: list[tuple[int, float]] = []
+    def __init__(self, step: int) -> None:
+        self.step, self.event = step, threading.Event()
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        self.starts.append((trainer.global_step, time.monotonic()))
+        if trainer.global_step == self.step:
+            self.event.set()
 
 
 @pytest.mark.slow
 def test_training_goes_on_while_the_tables_are_built(shapes_config: Any, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """A table job that takes 2 s does not hold up the next training batch; the artifacts are complete after fit."""
-    jobs: list[tuple[float, float, str]] = []
+    """A table job blocked until the next epoch's first batch starts does not hold that batch up.
+
+    The job waits for the batch (up to 120 s) instead of sleeping a fixed time, so the check does not depend
+    on how fast a loaded machine gets from validation to the next batch: had the loop waited for the job,
+    the job would wait out its whole timeout and report that the batch never came.
+    """
+    jobs: list[tuple[bool, str]] = []
     write = tables.WandbDetectionTables._write_tables
+    second_epoch = BatchStarted(step=3)  # 3 batches an epoch: the first batch of epoch 2
 
-    def slow_write(self: Any, *args: Any, **kwargs: Any) -> None:
-        start = time.monotonic()
-        time.sleep(2.0)
+    def blocked_write(self: Any, *args: Any, **kwargs: Any) -> None:
+        batch_came = second_epoch.event.wait(120)
         write(self, *args, **kwargs)
-        jobs.append((start, time.monotonic(), threading.current_thread().name))
+        jobs.append((batch_came, threading.current_thread().name))
 
-    monkeypatch.setattr(tables.WandbDetectionTables, "_write_tables", slow_write)
+    monkeypatch.setattr(tables.WandbDetectionTables, "_write_tables", blocked_write)
     cfg = shapes_config("shapes_retinanet.py", max_epochs=2)
-    steps = StepTimes()
     logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="mmdet-lightning-tests")
     callback = MMDetWandbCallback(interval=1, log_checkpoint=True, num_eval_images=4, bbox_score_thr=0.0)
     trainer = pl.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=2, accelerator="cpu", logger=logger,
-                         callbacks=[steps, ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1,
-                                                           save_top_k=-1), callback],
+                         callbacks=[second_epoch, ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1,
+                                                                  save_top_k=-1), callback],
                          enable_progress_bar=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
     pl.seed_everything(0)
     trainer.fit(MMDetModule(cfg), datamodule=MMDetDataModule(cfg))
     logger.experiment.finish()
 
-    assert len(jobs) == 2 and all(name != threading.main_thread().name for *_, name in jobs)
-    first_job_start, first_job_end, _ = jobs[0]
-    next_batch = next(t for step, t in steps.starts if step == 3)  # the first batch of epoch 2
-    assert first_job_start < next_batch < first_job_end, "the second epoch's first batch waited for the tables"
+    assert len(jobs) == 2 and all(name != threading.main_thread().name for _, name in jobs)
+    assert jobs[0][0], "the second epoch's first batch waited for the first epoch's tables"
     assert callback.worker._thread is None  # stopped at teardown
 
     records = read_records(find_run_file(tmp_path))
