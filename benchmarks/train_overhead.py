@@ -17,10 +17,13 @@ what either framework adds, so each run also times the work both frameworks shar
 reading and transforming samples, data preprocessor, forward, ``parse_losses``, backward, the config's
 gradient clipping, optimizer step and ``zero_grad``) and reports, per iteration, the rest: **framework ms**,
 what the loop, hooks, callbacks, logging and progress bar cost on each side. Its difference between the two
-sides is the overhead, free of the model's run-to-run noise.
+sides is the overhead, free of the model's run-to-run noise. ``--gaps`` splits it by where it falls: between
+the end of one shared call and the start of the next (``step -> __getitem__``: after the optimizer step, before
+the next sample is read), the median over the repeats.
 
     python benchmarks/train_overhead.py                                 # the shipped configs
     python benchmarks/train_overhead.py --cases fast retinanet_96 --console off on --repeats 5 --iters 200
+    python benchmarks/train_overhead.py --cases fast --processes 2 --repeats 3 --iters 150 --gaps   # DDP
 """
 
 from __future__ import annotations
@@ -86,9 +89,12 @@ class SharedWork:
         self.seconds = 0.0
         self.wall: list[float] = []
         self.inside: list[float] = []
+        self.calls: list[tuple[str, float, float]] = []  # (name, start, end) of each outermost shared call
         self._depth = 0
 
     def timed(self, fn: Any) -> Any:
+        name = fn.__qualname__.split(".")[-1]
+
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if self._depth:  # nested shared calls (a sample read inside a step) are counted once
                 return fn(*args, **kwargs)
@@ -97,7 +103,9 @@ class SharedWork:
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - start
+                end = time.perf_counter()
+                self.seconds += end - start
+                self.calls.append((name, start, end))
                 self._depth -= 1
         return wrapper
 
@@ -121,14 +129,29 @@ class SharedWork:
             setattr(optim_wrapper.optimizer, name, self.timed(getattr(optim_wrapper.optimizer, name)))
 
     def stamp(self) -> None:
-        self.wall.append(time.perf_counter())
+        now = time.perf_counter()
+        self.wall.append(now)
         self.inside.append(self.seconds)
+        self.calls.append(("iteration start", now, now))
 
     def per_iteration(self, warmup: int) -> tuple[list[float], list[float]]:
         """Wall seconds and framework seconds (wall less shared work) of each iteration after ``warmup``."""
         walls = [b - a for a, b in zip(self.wall, self.wall[1:])][warmup:]
         shared = [b - a for a, b in zip(self.inside, self.inside[1:])][warmup:]
         return walls, [w - s for w, s in zip(walls, shared)]
+
+    def gaps(self, warmup: int) -> dict[str, float]:
+        """Framework seconds per iteration after ``warmup``, by where they fall: between the end of one shared
+        call and the start of the next (``"step -> __getitem__"``: after the optimizer step, before the next
+        sample is read)."""
+        starts = [i for i, (name, *_) in enumerate(self.calls) if name == "iteration start"]
+        calls = self.calls[starts[warmup]:starts[-1] + 1]
+        total: dict[str, float] = {}
+        for (before, _, end), (after, start, _) in zip(calls, calls[1:]):
+            key = f"{before} -> {after}"
+            total[key] = total.get(key, 0.0) + start - end
+        iterations = len(starts) - 1 - warmup
+        return {key: seconds / iterations for key, seconds in sorted(total.items(), key=lambda kv: -kv[1])}
 
 
 def _run_mmengine(cfg: Any, work_dir: str, shared: SharedWork) -> None:
@@ -160,7 +183,8 @@ def _run_mmengine(cfg: Any, work_dir: str, shared: SharedWork) -> None:
     runner.train()
 
 
-def _run_lightning(cfg: Any, work_dir: str, console: bool, shared: SharedWork) -> None:
+def _run_lightning(cfg: Any, work_dir: str, console: bool, shared: SharedWork,
+                   without_sigterm_broadcast: bool = False) -> None:
     from mmdet_lightning import MMDetDataModule, MMDetModule
     from mmdet_lightning.lightning_package import pl
 
@@ -175,6 +199,9 @@ def _run_lightning(cfg: Any, work_dir: str, console: bool, shared: SharedWork) -
         def on_train_end(self, *args: Any) -> None:
             shared.stamp()
 
+    if without_sigterm_broadcast:  # diagnostic only: Lightning then cannot stop all ranks together on SIGTERM
+        trainer_loop = pl.loops.training_epoch_loop._TrainingEpochLoop
+        trainer_loop._broadcast_sigterm_tensor = lambda self: None
     iters = cfg.train_cfg.max_iters
     pl.seed_everything(cfg.randomness.seed)
     world_size = _world_size()  # under torchrun, Lightning joins its processes
@@ -193,12 +220,13 @@ def _one_run(args: argparse.Namespace) -> None:
         if args.one == "mmengine":
             _run_mmengine(cfg, work_dir, shared)
         else:
-            _run_lightning(cfg, work_dir, args.console[0] == "on", shared)
+            _run_lightning(cfg, work_dir, args.console[0] == "on", shared, args.without_sigterm_broadcast)
     walls, framework = shared.per_iteration(args.warmup)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps({"sec_per_iter": statistics.median(walls), "iters": len(walls), "peak_rss_mb": peak_mb,
-                          "framework_sec_per_iter": statistics.mean(framework)}))
+                          "framework_sec_per_iter": statistics.mean(framework),
+                          "gaps": shared.gaps(args.warmup)}))
 
 
 def _world_size() -> int:
@@ -211,6 +239,8 @@ def _spawn(framework: str, case: str, console: str, args: argparse.Namespace) ->
         launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.processes}"]
     command = [*launch, __file__, "--one", framework, "--case", case, "--console", console,
                "--data-root", args.data_root, "--iters", str(args.iters), "--warmup", str(args.warmup)]
+    if args.without_sigterm_broadcast:
+        command.append("--without-sigterm-broadcast")
     return run_json(command)
 
 
@@ -224,6 +254,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--data-root", default="data/bench_shapes_1000")
     parser.add_argument("--plot", help="also save a bar chart of seconds per iteration to this PNG")
+    parser.add_argument("--gaps", action="store_true",
+                        help="also print each side's framework ms by where it falls between two shared calls")
+    parser.add_argument("--without-sigterm-broadcast", action="store_true",
+                        help="diagnostic: Lightning without its per-step SIGTERM broadcast under DDP (unsafe to use)")
     parser.add_argument("--one", choices=["mmengine", "lightning"], help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -257,9 +291,22 @@ def main() -> None:
                 print(f"{case:13s} {console:7s} {framework:10s} {min(ms):11.1f} {statistics.median(ms):7.1f} "
                       f"{max(ms):7.1f} {max(r['peak_rss_mb'] for r in rs):7.0f} {ratio:6.3f} {more:7.2f} "
                       f"{own[framework]:12.2f} {own[framework] - own['mmengine']:6.2f}", flush=True)
+            if args.gaps:
+                _print_gaps(runs)
 
     if args.plot:
         _plot(table, args.plot)
+
+
+def _print_gaps(runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Median over the repeats of each side's framework ms between two shared calls (0.02 ms and more)."""
+    for framework, rs in runs.items():
+        keys = {key for r in rs for key in r["gaps"]}
+        gaps = {key: 1000 * statistics.median(r["gaps"].get(key, 0.0) for r in rs) for key in keys}
+        print(f"  {framework}: framework ms between shared calls (median of the repeats)")
+        for key, ms in sorted(gaps.items(), key=lambda kv: -kv[1]):
+            if ms >= 0.02:
+                print(f"    {key:40s} {ms:6.2f}")
 
 
 def _plot(table: dict[str, dict[str, list[float]]], path: str) -> None:
