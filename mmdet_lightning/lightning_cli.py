@@ -12,7 +12,7 @@ from jsonargparse import get_loader, set_loader
 from .callbacks.prediction_writer import DetectionWriter
 from .checkpoint import load_checkpoint_file
 from .datamodule import MMDetDataModule
-from .hooks import callbacks_from_config
+from .callbacks.custom_hooks import callbacks_from_config
 from .lightning_package import check_one_package, import_submodule, pl, translate_class_path
 from .module import MMDetModule
 from .wandb._common import run_id_in_checkpoint

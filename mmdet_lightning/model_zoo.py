@@ -461,7 +461,7 @@ def _load_adapted(family: str, data_root: str | Path, max_side: int = 128) -> "C
 
 def _train_validate_predict(cfg: "Config", work_dir: Path, iterations: int) -> tuple[float, int]:
     from .datamodule import MMDetDataModule
-    from .hooks import callbacks_from_config
+    from .callbacks.custom_hooks import callbacks_from_config
     from .lightning_package import pl
     from .module import MMDetModule
 

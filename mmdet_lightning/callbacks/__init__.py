@@ -1,11 +1,27 @@
-"""Every Lightning callback of mmdet-lightning in one place: the W&B ones (:mod:`mmdet_lightning.wandb`),
-mmdet's ``custom_hooks`` (:mod:`mmdet_lightning.hooks`), the prediction writer and the progress bar."""
+"""Every Lightning callback of mmdet-lightning: the W&B ones (defined in :mod:`mmdet_lightning.wandb`,
+re-exported here), mmdet's ``custom_hooks`` as callbacks, the prediction writer and the progress bar.
 
-from ..hooks import ModelEMA, PipelineSwitch, SyncNorm, YOLOXModeSwitch, callbacks_from_config
+    custom_hooks.py       callbacks_from_config: a config's ``custom_hooks`` -> the callbacks below
+    ema.py                ModelEMA (EMAHook)
+    pipeline_switch.py    PipelineSwitch (PipelineSwitchHook), YOLOXModeSwitch (YOLOXModeSwitchHook)
+    sync_norm.py          SyncNorm (SyncNormHook)
+    prediction_writer.py  DetectionWriter: ``predict`` results as COCO JSON (and drawn images)
+    progress_bar.py       MMDetProgressBar / MMDetRichProgressBar: Lightning's bars, throttled
+
+Example::
+    >>> from mmdet_lightning.callbacks import callbacks_from_config
+    >>> [type(cb).__name__ for cb in callbacks_from_config({"custom_hooks": [dict(type="SyncNormHook")]})]
+    ['SyncNorm']
+"""
+
 from ..wandb import (MMDetWandbCallback, WandbCheckpointArtifacts, WandbDetectionTables, WandbEvalAnalytics,
                      WandbIntervalMetrics, wandb_run_id)
+from .custom_hooks import callbacks_from_config
+from .ema import ModelEMA
+from .pipeline_switch import PipelineSwitch, YOLOXModeSwitch
 from .prediction_writer import DetectionWriter
 from .progress_bar import MMDetProgressBar, MMDetRichProgressBar
+from .sync_norm import SyncNorm
 
 __all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables",
            "WandbEvalAnalytics", "DetectionWriter", "MMDetProgressBar", "MMDetRichProgressBar", "ModelEMA",
