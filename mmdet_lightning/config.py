@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
+from .tasks.base import is_proposal_head
+
 if TYPE_CHECKING:
     from mmengine.config import Config
 
@@ -24,27 +26,6 @@ CfgOptions = Union[Mapping[str, Any], Sequence[str]]
 # top-level keys that mmengine's Runner reads with a default, so they may be set without being in the config
 _RUNNER_KEYS = ("load_from", "resume", "work_dir", "launcher", "randomness", "env_cfg", "auto_scale_lr",
                 "find_unused_parameters", "default_scope", "log_level", "experiment_name")
-
-# Task families that mmdet 3.3 ships configs for but that a detection LightningModule does not cover.
-_UNSUPPORTED_MODELS: dict[str, str] = {
-    "PanopticFPN": "panoptic segmentation",
-    "TwoStagePanopticSegmentor": "panoptic segmentation",
-    "SemiBaseDetector": "semi-supervised detection",
-    "SoftTeacher": "semi-supervised detection",
-    "GLIP": "grounding (open-vocabulary) detection",
-    "GroundingDINO": "grounding (open-vocabulary) detection",
-    "Mask2FormerVideo": "video instance segmentation",
-    "MaskTrackRCNN": "video instance segmentation",
-    "BaseReID": "re-identification (tracking)",
-}
-_UNSUPPORTED_KEYS: dict[str, str] = {
-    "panoptic_head": "panoptic segmentation",
-    "panoptic_fusion_head": "panoptic segmentation",
-    "semi_train_cfg": "semi-supervised detection",
-    "language_model": "grounding (open-vocabulary) detection",
-    "tracker": "tracking",
-}
-
 
 def init_mmdet_scope() -> None:
     """Register every mmdet module and make ``mmdet`` the default registry scope (idempotent)."""
@@ -208,7 +189,7 @@ def _check_key(cfg: Mapping[str, Any], key: str) -> None:
 
 
 def check_supported_task(model_cfg: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` for models of tasks this package does not train (panoptic, tracking, ...).
+    """Raise ``ValueError`` for models of tasks that no task of :mod:`mmdet_lightning.tasks` trains.
 
     Example::
         >>> check_supported_task({"type": "PanopticFPN"})
@@ -216,17 +197,9 @@ def check_supported_task(model_cfg: Mapping[str, Any]) -> None:
         ...
         ValueError: The config's model `PanopticFPN` is a panoptic segmentation model; ...
     """
-    model_type = str(model_cfg.get("type", ""))
-    task = _UNSUPPORTED_MODELS.get(model_type.split(".")[-1])
-    instance_only = (model_cfg.get("test_cfg") or {}).get("panoptic_on") is False  # Mask2Former for instances
-    if task is None:
-        task = next((t for key, t in _UNSUPPORTED_KEYS.items()
-                     if key in model_cfg and not (instance_only and key.startswith("panoptic"))), None)
-    if task is not None:
-        raise ValueError(
-            f"The config's model `{model_type}` is a {task} model; mmdet-lightning trains object detection and "
-            "instance segmentation models only.\nHint: use MMDetection's own tools/train.py for this config."
-        )
+    from .tasks import task_for_model
+
+    task_for_model(model_cfg)
 
 
 def leaf_dataset_cfgs(cfg: Mapping[str, Any]) -> list[Any]:
@@ -296,7 +269,7 @@ def set_classes(cfg: "Config", classes: Sequence[str]) -> "Config":
 
     def heads(node: Any, key: str = "") -> None:
         if isinstance(node, Mapping):
-            if "num_classes" in node and "rpn" not in key:
+            if "num_classes" in node and not is_proposal_head(key, str(node.get("type", ""))):
                 node["num_classes"] = len(classes)
             for child_key, child in node.items():
                 heads(child, child_key)

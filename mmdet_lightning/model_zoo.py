@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .config import leaf_dataset_cfgs
+from .engine.optimization import plain_optim_wrapper_cfg
+from .tasks.base import is_proposal_head
 
 if TYPE_CHECKING:
     from mmengine.config import Config
@@ -273,7 +275,7 @@ def _set_num_classes(cfg: "Config", num_classes: int) -> None:
     def visit(node: dict) -> None:
         old = None
         for key in ("num_classes", "num_things_classes"):
-            if isinstance(node.get(key), int) and node[key] >= 1 and "rpn" not in str(node.get("type", "")).lower():
+            if isinstance(node.get(key), int) and node[key] >= 1 and not is_proposal_head("", str(node.get("type", ""))):
                 old = node[key]
                 node[key] = num_classes
 
@@ -286,7 +288,7 @@ def _set_num_classes(cfg: "Config", num_classes: int) -> None:
             _walk(node, weights)
 
     for key, head in list(cfg.model.items()):
-        if "rpn" not in key:
+        if not is_proposal_head(key):
             _walk(head, visit)
 
 
@@ -338,9 +340,8 @@ def adapt_to_dataset(cfg: "Config", data_root: str | Path, classes: Sequence[str
     _set_num_classes(cfg, len(classes))
     _set_syncbn_to_bn(cfg)
     _cap_detections(cfg, max_per_img=50, nms_pre=500)
-    if (cfg.get("optim_wrapper") or {}).get("type") == "AmpOptimWrapper":  # CUDA only; the Trainer's precision here
-        cfg.optim_wrapper.type = "OptimWrapper"
-        cfg.optim_wrapper.pop("loss_scale", None)
+    if cfg.get("optim_wrapper"):  # AmpOptimWrapper is CUDA only; the Trainer's precision here
+        cfg.optim_wrapper = plain_optim_wrapper_cfg(cfg.optim_wrapper, warn=False)
     heads = [type_ for type_ in _types(cfg.model) if type_ in _MIN_SIZE]
     shrink_image_sizes(cfg, max(max_side, *(_MIN_SIZE[t] for t in heads)) if heads else max_side)
     with_mask = _has_masks(cfg)

@@ -1,44 +1,51 @@
 """The LightningModule that trains, evaluates and runs any mmdet 3.x detector.
 
-The training step does what mmengine's runner does, in the same order, so that a run under
+The module is the Lightning wiring; what it does at each hook lives in :mod:`mmdet_lightning.engine` and in
+the task (:mod:`mmdet_lightning.tasks`), in the order mmengine's runner does it, so that a run under
 ``pl.Trainer`` matches a run under ``mmengine.runner.Runner`` iteration by iteration:
 
-    on_train_batch_start      MessageHub 'iter'                       (RuntimeInfoHook.before_train_iter)
-    training_step             data_preprocessor -> mode="loss" -> parse_losses -> backward
-                              -> clip_grad -> optimizer.step -> zero_grad (OptimWrapper.update_params)
-    on_train_batch_end        iteration-based param schedulers step   (ParamSchedulerHook.after_train_iter)
-                              on the epoch's last batch, epoch-based ones too (ParamSchedulerHook.after_train_epoch)
-    validation_step           model.val_step -> evaluator.process      (ValLoop.run_iter)
+    setup                     env_cfg; strategy checked and adapted (engine.strategy.prepare_strategy)
+    configure_optimizers      optim_wrapper, auto_scale_lr, param_scheduler      (engine.optimization)
+    on_train_start            MessageHub run info, resumed state, class check     (RuntimeInfoHook.before_run)
+    on_train_batch_start      MessageHub 'iter'                                   (RuntimeInfoHook.before_train_iter)
+    training_step             compute_losses (the task: data_preprocessor -> mode="loss" -> parse_losses)
+                              -> backward -> invalid-loss check -> clip_grad -> optimizer.step -> zero_grad
+                              (OptimWrapper.update_params; engine.invalid_loss)
+    on_train_batch_end        iteration-based param schedulers step; on the epoch's last batch the
+                              epoch-based ones too          (ParamSchedulerHook; engine.optimization.ScheduleStepper)
+    validation_step           model.val_step -> evaluator.process                 (ValLoop.run_iter)
     on_validation_epoch_end   evaluator.evaluate(len(dataset)) -> self.log('coco/bbox_mAP', ...)
+                                                                                  (engine.evaluation_loop)
+    on_save_checkpoint        MessageHub, optimizer wrapper count, pending schedule steps; dataset_meta
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import math
-import os
 import time
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
 from .checkpoint import LoadReport, load_detector_weights
-from .checkpoint_io import SafeCheckpointIO
-from .config import ConfigLike, apply_env_cfg, init_mmdet_scope, load_config, replace_data_root
-from .console import attach_log_file, library_output, metrics_table
-from .evaluation import EvaluatorBackend, record_coco_evals, use_evaluator_backend
-from .lightning_package import check_one_package, fabric, pl
-from .precision import keep_mmcv_ops_in_fp32, predictions_to_float32
-from .resume import load_message_hub_state, message_hub_state
+from .config import ConfigLike, apply_env_cfg, load_config, replace_data_root
+from .console import attach_log_file, metrics_table
+from .engine.evaluation_loop import StageEvaluation
+from .engine.invalid_loss import InvalidLoss, InvalidLossCheck
+from .engine.model import build_detector, follow_preprocessor_device
+from .engine.optimization import (ScheduleStepper, build_optim_wrapper, build_param_schedulers, loader_batch_size,
+                                  max_epochs_and_iters, scale_lr)
+from .engine.run_state import RUN_STATE_KEY, restore_run_state, save_run_state
+from .engine.strategy import broadcast_buffers, check_unused_parameters, prepare_strategy
+from .evaluation import EvaluatorBackend, use_evaluator_backend
+from .lightning_package import check_one_package, pl
+from .precision import keep_mmcv_ops_in_fp32
+from .tasks import Task, task_for_model
 from .utilities import first_dataset
 
-TorchCheckpointIO = fabric.plugins.io.torch_io.TorchCheckpointIO
-rank_zero_info, rank_zero_only, rank_zero_warn = (pl.utilities.rank_zero_info, pl.utilities.rank_zero_only,
-                                                  pl.utilities.rank_zero_warn)
+rank_zero_only = pl.utilities.rank_zero_only
 
 if TYPE_CHECKING:
-    from mmengine.evaluator import Evaluator
     from mmengine.optim import OptimWrapper
     from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
 
@@ -51,7 +58,9 @@ class MMDetModule(pl.LightningModule):
     Optimizer, gradient clipping and parameter schedules come from the config's ``optim_wrapper`` and
     ``param_scheduler``; evaluation from ``val_evaluator`` / ``test_evaluator`` (mmdet's ``CocoMetric``),
     logged under mmdet's names (``coco/bbox_mAP``, ...). Validation, test and predict steps return
-    mmdet ``DetDataSample`` lists with predictions in original-image coordinates.
+    mmdet ``DetDataSample`` lists with predictions in original-image coordinates. What depends on the task
+    (detection and instance segmentation today) is the ``task``'s (:mod:`mmdet_lightning.tasks`); a subclass can
+    replace :meth:`compute_losses` and keep the rest of the training step (invalid-loss check, optimizer step).
 
     Args:
         config: mmdet config: a file path, a dict or an mmengine ``Config``.
@@ -87,44 +96,26 @@ class MMDetModule(pl.LightningModule):
     #: seconds between two ``train/loss`` values sent to the progress bar and ``callback_metrics`` at the least
     #: (the loggers get every ``log_every_n_steps``-th step, an epoch's last batch always)
     TRAIN_LOSS_INTERVAL = 0.1
+    #: the checkpoint key of what mmengine's runner keeps besides weights, optimizer and schedulers
+    RESUME_KEY = RUN_STATE_KEY
 
     def __init__(self, config: ConfigLike, load_from: str | None = None, data_root: str | None = None,
-                 evaluator_backend: EvaluatorBackend = "pycocotools",
-                 invalid_loss: Literal["raise", "skip"] = "raise",
+                 evaluator_backend: EvaluatorBackend = "pycocotools", invalid_loss: InvalidLoss = "raise",
                  cfg_options: dict[str, Any] | list[str] | None = None, trust_checkpoint: bool = False) -> None:
         check_one_package(type(self).__name__)
         super().__init__()
         self.trust_checkpoint = trust_checkpoint
-        if invalid_loss not in ("raise", "skip"):
-            raise ValueError(f"Expected argument `invalid_loss` to be one of ('raise', 'skip'), but got {invalid_loss!r}.")
-        self.invalid_loss = invalid_loss
-        #: training steps skipped because of a NaN or infinite loss (``invalid_loss="skip"``)
-        self.skipped_steps = 0
+        self.invalid_loss_check = InvalidLossCheck(invalid_loss)
         self.cfg = load_config(config, cfg_options)
+        #: what depends on the task (chosen from the config's ``model``)
+        self.task: Task = task_for_model(self.cfg.model)
         keep_mmcv_ops_in_fp32()  # so that precision="bf16-mixed" / "16-mixed" work with every model
         if data_root is not None:
             replace_data_root(self.cfg, data_root)
         for key in ("val_evaluator", "test_evaluator"):
             if self.cfg.get(key) is not None:
                 self.cfg[key] = use_evaluator_backend(self.cfg[key], evaluator_backend)
-        init_mmdet_scope()
-        from mmdet.registry import MODELS
-        from mmengine.logging import MessageHub
-
-        MessageHub.get_instance("mmdet_lightning")
-        model_cfg = copy.deepcopy(self.cfg.model)
-        if self.cfg.get("data_preprocessor") is not None:  # as mmengine's Runner.__init__ merges it
-            model_cfg.setdefault("data_preprocessor", copy.deepcopy(self.cfg.data_preprocessor))
-        with library_output():  # init_weights reports every parameter: to mmdet.log, not the console
-            try:
-                self.model = MODELS.build(model_cfg)
-            except KeyError as err:
-                raise ValueError(
-                    f"Could not build the config's model `{model_cfg.get('type')}` from mmdet's `MODELS` registry "
-                    f"(scope 'mmdet'): {err}\nHint: check the `type` names in `model`; custom modules must be "
-                    "imported first (`custom_imports` in the config)."
-                ) from err
-            self.model.init_weights()
+        self.model = build_detector(self.cfg)
         load_from = load_from if load_from is not None else self.cfg.get("load_from")
         self.load_report: LoadReport | None = None
         if load_from:
@@ -132,62 +123,62 @@ class MMDetModule(pl.LightningModule):
         self.automatic_optimization = False
         self.save_hyperparameters({"config": self.cfg.to_dict()})
         self.optim_wrapper: OptimWrapper | None = None
-        self.param_schedulers: list[_ParamScheduler] = []
-        self._evaluators: dict[str, Evaluator] = {}
-        self._checked_datasets: set[int] = set()
-        self._epoch_schedulers_stepped = False
+        self.schedules = ScheduleStepper([])
+        self.evaluation = StageEvaluation(self.cfg, self.task)
         self._sync_blocker = contextlib.ExitStack()
-        # between training_step and on_train_batch_end: whether that batch ends the epoch; None otherwise
-        self._batch_end_pending: bool | None = None
         self._resumed_state: dict[str, Any] | None = None
         #: whether training scalars go to the loggers every step (a metrics callback that logs interval
         #: averages turns this off, so nothing is logged twice); the progress bar shows the loss either way
         self.log_train_scalars = True
         self._train_loss_logged_at = float("-inf")
         self._train_loss_every_step = False
-        #: scalar results of the latest validation (or test), e.g. ``{"coco/bbox_mAP": 0.57, ...}``
-        self.last_eval_metrics: dict[str, float] = {}
-        #: the accumulated ``COCOeval`` of the latest validation (or test) by IoU type (``"bbox"``, ``"segm"``), on
-        #: the process that evaluated (rank 0); empty elsewhere and for evaluators without a ``CocoMetric``
-        self.last_coco_eval: dict[str, Any] = {}
 
     @classmethod
     def from_config(cls, config: ConfigLike, **kwargs: Any) -> "MMDetModule":
         """Same as ``MMDetModule(config, **kwargs)``; reads well beside ``MMDetDataModule.from_config``."""
         return cls(config, **kwargs)
 
-    # ------------------------------------------------------------------ devices and batches
-    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "MMDetModule":
-        # mmengine's data preprocessor keeps its own `_device`, updated by its `.to()` but not by the
-        # `nn.Module._apply` that Lightning's `.to(device)` runs on children: follow the buffers.
-        super()._apply(fn, *args, **kwargs)
-        from mmengine.model import BaseDataPreprocessor
+    # ------------------------------------------------------------------ what the engine holds
+    @property
+    def param_schedulers(self) -> list["_ParamScheduler"]:
+        return self.schedules.schedulers
 
-        for module in self.modules():
-            if isinstance(module, BaseDataPreprocessor):
-                tensor = next(iter(module.buffers()), None)
-                tensor = tensor if tensor is not None else next(iter(self.parameters()), None)
-                if tensor is not None:
-                    module._device = tensor.device
+    @property
+    def skipped_steps(self) -> int:
+        """Training steps skipped because of a NaN or infinite loss (``invalid_loss="skip"``)."""
+        return self.invalid_loss_check.skipped_steps
+
+    @property
+    def last_eval_metrics(self) -> dict[str, float]:
+        """Scalar results of the latest validation (or test), e.g. ``{"coco/bbox_mAP": 0.57, ...}``."""
+        return self.evaluation.last_metrics
+
+    @property
+    def last_coco_eval(self) -> dict[str, Any]:
+        """The accumulated ``COCOeval`` of the latest validation (or test) by IoU type (``"bbox"``, ``"segm"``), on
+        the process that evaluated (rank 0); empty elsewhere and for evaluators without a ``CocoMetric``."""
+        return self.evaluation.last_coco_eval
+
+    def num_classes(self) -> dict[str, int]:
+        """``num_classes`` of every class-predicting head (RPN heads excluded), by module name."""
+        return self.task.class_counts(self.model)
+
+    # ------------------------------------------------------------------ devices, loggers, callbacks, strategy
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "MMDetModule":
+        super()._apply(fn, *args, **kwargs)
+        follow_preprocessor_device(self)  # Lightning's .to(device) skips the data preprocessor's own `_device`
         return self
 
     def forward(self, batch: Mapping[str, Any]) -> list[Any]:
         """Predictions (``DetDataSample`` list) for a collated batch from an mmdet dataloader."""
-        return predictions_to_float32(self.model.test_step(batch))
+        return self.task.predictions_to_float32(self.model.test_step(batch))
 
     def prepare_data(self) -> None:
-        """The last hook before Lightning starts the loggers' runs: a ``WandbLogger``'s run will write its
-        transaction log every second (:func:`~mmdet_lightning.wandb._common.flush_transaction_log_often`; the user's own
-        W&B settings win), its folder is made absolute, and a ``validate`` / ``test`` run gets that ``job_type``
-        unless one was given."""
-        from .wandb._common import absolute_run_dir, flush_transaction_log_often, set_default_job_type
+        """The last hook before Lightning starts the loggers' runs: W&B runs set up for this package
+        (:func:`~mmdet_lightning.wandb._common.prepare_loggers`)."""
+        from .wandb._common import prepare_loggers
 
-        fn = self.trainer.state.fn
-        for logger in self.trainer.loggers:
-            flush_transaction_log_often(logger)
-            absolute_run_dir(logger)
-            if fn in ("validate", "test"):
-                set_default_job_type(logger, str(getattr(fn, "value", fn)))
+        prepare_loggers(self.trainer)
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """Lightning's default progress bar becomes its throttled twin (:mod:`mmdet_lightning.callbacks.progress_bar`:
@@ -198,133 +189,25 @@ class MMDetModule(pl.LightningModule):
         bar = replace_default_progress_bar(self.trainer.progress_bar_callback)
         return [bar] if bar is not None else []
 
-    # ------------------------------------------------------------------ strategies
     def setup(self, stage: str) -> None:
-        """Checks the strategy and adapts the model's norm layers to it, as mmengine's runner wraps a model.
-
-        Runs in every process before the strategy wraps the model (DDP), so what it changes applies there.
-        """
-        DDPStrategy, SingleDeviceStrategy = pl.strategies.DDPStrategy, pl.strategies.SingleDeviceStrategy
-
-        trainer = self.trainer
-        attach_log_file(trainer.default_root_dir, trainer.global_rank)
+        """The config's ``env_cfg``, and the strategy checked and adapted to the model
+        (:func:`~mmdet_lightning.engine.strategy.prepare_strategy`). Runs in every process before DDP wraps the model."""
+        attach_log_file(self.trainer.default_root_dir, self.trainer.global_rank)
         apply_env_cfg(self.cfg)
-        strategy = trainer.strategy
-        if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
-            raise ValueError(
-                f"MMDetModule cannot run with strategy {type(strategy).__name__}: it trains with the config's "
-                "mmengine optimizer, which needs the whole model in each process.\n"
-                "Hint: use strategy='ddp' (or 'auto' on one device)."
-            )
-        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default: safe loads, atomic writes
-            strategy.checkpoint_io = SafeCheckpointIO(trust=self.trust_checkpoint)
-        on_cpu = strategy.root_device.type == "cpu"
-        cores = os.cpu_count() or 1
-        if on_cpu and trainer.num_devices > cores:
-            rank_zero_warn(
-                f"devices={trainer.num_devices} CPU processes per node, but this machine has {cores} CPU cores: "
-                "the processes share the cores, so each runs slower (fine for debugging DDP).\n"
-                f"Hint: pass devices <= {cores} with accelerator='cpu' for speed, or accelerator='gpu' on a machine "
-                "with GPUs."
-            )
-        layer_sync = getattr(strategy, "_layer_sync", None)
-        if layer_sync is not None and on_cpu and trainer.world_size > 1:
-            raise ValueError(
-                "sync_batchnorm=True needs CUDA: torch's SyncBatchNorm does not run on CPU processes.\n"
-                "Hint: drop sync_batchnorm on CPU (each process then keeps its own BatchNorm statistics)."
-            )
-        if trainer.world_size == 1 or on_cpu:
-            # as mmengine's Runner when not distributed: SyncBN layers become BatchNorm (they cannot run here)
-            from mmengine.model import revert_sync_batchnorm
-
-            self.model = revert_sync_batchnorm(self.model)
-        if isinstance(strategy, DDPStrategy):
-            # as mmengine's runner wraps the model: each process keeps its own buffers (BatchNorm statistics;
-            # validation takes rank 0's), instead of a broadcast from rank 0 before every forward
-            strategy._ddp_kwargs.setdefault("broadcast_buffers", False)
-            if self.cfg.get("find_unused_parameters"):
-                # the config's top-level `find_unused_parameters`, which mmengine passes to its DDP wrapper
-                strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
-
-    def _check_unused_parameters(self) -> None:
-        """Under DDP without ``find_unused_parameters``, parameters that got no gradient make DDP fail at the
-        next iteration with a long message; name them after the first backward instead."""
-        strategy = self.trainer.strategy
-        if not isinstance(strategy, pl.strategies.DDPStrategy) or \
-                strategy._ddp_kwargs.get("find_unused_parameters"):
-            return
-        unused = [name for name, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
-        if unused:
-            shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
-            raise RuntimeError(
-                f"DDP: {len(unused)} parameters received no gradient in the first iteration ({shown}); DDP "
-                "would fail at the next one.\nHint: set `find_unused_parameters = True` at the top of the mmdet "
-                "config, or pass strategy='ddp_find_unused_parameters_true' to the Trainer."
-            )
+        self.model = prepare_strategy(self.trainer, self.model, self.cfg, self.trust_checkpoint)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
-        from mmengine.optim import OptimWrapper, build_optim_wrapper
-        from mmengine.registry import PARAM_SCHEDULERS
-
-        wrapper_cfg = copy.deepcopy(self.cfg.get("optim_wrapper"))
-        if not wrapper_cfg:
-            raise ValueError("The config has no `optim_wrapper`; add one, e.g. dict(optimizer=dict(type='SGD', lr=0.02)).")
-        if wrapper_cfg.get("type", "OptimWrapper") == "AmpOptimWrapper":
-            rank_zero_warn(
-                "The config's `AmpOptimWrapper` is used as a plain `OptimWrapper`: mixed precision is the "
-                "Trainer's job here. Hint: pass `precision='16-mixed'` (or 'bf16-mixed') to `pl.Trainer`."
-            )
-            wrapper_cfg["type"] = "OptimWrapper"
-            for key in ("loss_scale", "dtype", "use_fsdp"):
-                wrapper_cfg.pop(key, None)
-        wrapper = build_optim_wrapper(self.model, wrapper_cfg)
-        if not isinstance(wrapper, OptimWrapper) or type(wrapper).__name__ == "OptimWrapperDict":
-            raise ValueError("Configs with several optimizers (OptimWrapperDict) are not supported.")
-        self.optim_wrapper = wrapper
-
         trainer = self.trainer
+        self.optim_wrapper = build_optim_wrapper(self.model, self.cfg)
         # build the train dataloader now so that the epoch length is known (also for max_steps runs,
         # where `estimated_stepping_batches` returns max_steps without building it)
         trainer.fit_loop.setup_data()
-        self._scale_lr(wrapper)
-        epoch_length = trainer.num_training_batches
-        max_epochs, max_iters = self._max_epochs_and_iters()
-        self.param_schedulers = []
-        schedulers_cfg = self.cfg.get("param_scheduler") or []
-        for cfg in [schedulers_cfg] if isinstance(schedulers_cfg, Mapping) else schedulers_cfg:
-            cfg = copy.deepcopy(cfg)
-            cfg.setdefault("end", max_epochs if cfg.get("by_epoch", True) else max_iters)
-            default_args = dict(optimizer=wrapper.optimizer, epoch_length=epoch_length)
-            self.param_schedulers.append(PARAM_SCHEDULERS.build(cfg, default_args=default_args))
-        return [wrapper.optimizer], list(self.param_schedulers)
-
-    def _max_epochs_and_iters(self) -> tuple[int, int]:
-        trainer = self.trainer
-        epoch_length = trainer.num_training_batches
-        max_iters = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-        max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
-        if max_epochs is None and max_iters is None:
-            raise ValueError("Set `max_epochs` or `max_steps` on the Trainer: the config's schedules need an end.")
-        if math.isinf(epoch_length):
-            return max_epochs or 0, max_iters or 0
-        if max_iters is None:
-            max_iters = max_epochs * epoch_length
-        elif max_epochs is None or max_epochs * epoch_length > max_iters:
-            max_epochs = math.ceil(max_iters / epoch_length)
-            max_iters = min(max_iters, max_epochs * epoch_length)
-        return max_epochs, min(max_iters, max_epochs * epoch_length)
-
-    def _scale_lr(self, wrapper: "OptimWrapper") -> None:
-        """mmengine's ``Runner.scale_lr``: the linear scaling rule when ``auto_scale_lr.enable``."""
-        auto_scale_lr = self.cfg.get("auto_scale_lr") or {}
-        if not auto_scale_lr.get("enable", False):
-            return
-        batch_size = _batch_size(self.trainer.train_dataloader) * self.trainer.world_size
-        ratio = batch_size / auto_scale_lr["base_batch_size"]
-        rank_zero_info(f"auto_scale_lr: batch size {batch_size} vs base {auto_scale_lr['base_batch_size']}: LR x {ratio}")
-        for group in wrapper.optimizer.param_groups:
-            group["lr"] = group["lr"] * ratio
+        scale_lr(self.cfg, self.optim_wrapper, loader_batch_size(trainer.train_dataloader) * trainer.world_size)
+        max_epochs, max_iters = max_epochs_and_iters(trainer)
+        self.schedules = ScheduleStepper(build_param_schedulers(
+            self.cfg, self.optim_wrapper, trainer.num_training_batches, max_epochs, max_iters))
+        return [self.optim_wrapper.optimizer], list(self.param_schedulers)
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any | None = None) -> None:
         scheduler.step()
@@ -338,20 +221,19 @@ class MMDetModule(pl.LightningModule):
     def on_train_start(self) -> None:
         from mmengine.logging import MessageHub
 
-        max_epochs, max_iters = self._max_epochs_and_iters()
+        max_epochs, max_iters = max_epochs_and_iters(self.trainer)
         assert self.optim_wrapper is not None
         self.optim_wrapper.initialize_count_status(self.model, self._iteration(), max_iters)
         hub = MessageHub.get_current_instance()
-        self._restore_resumed_state(hub)
-        hub.update_info("loop_stage", "train")
-        hub.update_info("epoch", self.current_epoch)
-        hub.update_info("iter", self._iteration())
-        hub.update_info("max_epochs", max_epochs)
-        hub.update_info("max_iters", max_iters)
+        restore_run_state(self, self._resumed_state)
+        self._resumed_state = None
+        for key, value in (("loop_stage", "train"), ("epoch", self.current_epoch), ("iter", self._iteration()),
+                           ("max_epochs", max_epochs), ("max_iters", max_iters)):
+            hub.update_info(key, value)
         # a checkpoint or early stopping that monitors the training loss reads it after every step
         self._train_loss_every_step = any(getattr(cb, "monitor", None) == "train/loss" for cb in self.trainer.callbacks)
         dataset = first_dataset(self.trainer.train_dataloader)
-        self._check_classes(dataset, "train")
+        self.evaluation.check_classes(self.model, dataset, "train")
         if hasattr(dataset, "metainfo"):
             hub.update_info("dataset_meta", dataset.metainfo)
 
@@ -359,7 +241,7 @@ class MMDetModule(pl.LightningModule):
         from mmengine.logging import MessageHub
 
         MessageHub.get_current_instance().update_info("epoch", self.current_epoch)
-        self._epoch_schedulers_stepped = False
+        self.schedules.begin_epoch()
         # mmengine's train loop calls model.train() each epoch; Lightning keeps the modules' modes instead, so
         # without this, backbones' `norm_eval` (BatchNorm frozen, e.g. ResNet.train) would never apply
         self.model.train()
@@ -379,22 +261,27 @@ class MMDetModule(pl.LightningModule):
         """Batches trained before the current one (mmengine's ``runner.iter``), across epochs and resumes."""
         return self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        # mmengine BaseModel.train_step + OptimWrapper.update_params, with Lightning doing the backward
-        # and the optimizer step so that precision plugins and strategies apply.
+    def compute_losses(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The total loss and every logged term of one batch (the task's; override to train differently)."""
+        return self.task.losses(self.model, batch)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any] | None:
+        """mmengine's ``BaseModel.train_step`` + ``OptimWrapper.update_params``, with Lightning doing the backward
+        and the optimizer step so that precision plugins and strategies apply. Returns what mmengine's
+        ``train_step`` returns (``{"loss", "log_vars"}``, for callbacks' ``on_train_batch_end(outputs=...)``),
+        or None for a step skipped for a NaN or infinite loss (``invalid_loss="skip"``)."""
         wrapper = self.optim_wrapper
         assert wrapper is not None, "configure_optimizers has not run"
-        self._batch_end_pending = batch_idx + 1 == self.trainer.num_training_batches
-        data = self.model.data_preprocessor(batch, True)
-        losses = self.model(**data, mode="loss")
-        loss, log_vars = self.model.parse_losses(losses)
-        finite = self._start_finite_check(loss)
+        self.schedules.begin_batch(batch_idx + 1 == self.trainer.num_training_batches)
+        loss, log_vars = self.compute_losses(batch)
+        finite = self.invalid_loss_check.start(loss, distributed=self.trainer.world_size > 1)
         self.manual_backward(wrapper.scale_loss(loss))
-        if not self._loss_is_finite(finite, log_vars):
+        where = f"iteration {self._iteration()} (epoch {self.current_epoch})"
+        if not self.invalid_loss_check.passed(finite, log_vars, where):
             self.optimizers().zero_grad()
             return None
         if self._iteration() == 0:
-            self._check_unused_parameters()
+            check_unused_parameters(self.trainer, self.model)
         wrapper._inner_count += 1
         if wrapper.should_update():
             optimizer = self.optimizers()
@@ -402,7 +289,6 @@ class MMDetModule(pl.LightningModule):
             optimizer.zero_grad()
         log_vars = {k: v.detach() for k, v in log_vars.items()}
         self._log_train_scalars(batch, log_vars)
-        # what mmengine's train_step returns, for callbacks' `on_train_batch_end(outputs=...)`
         return {"loss": log_vars["loss"], "log_vars": log_vars}
 
     def _log_train_scalars(self, batch: Any, log_vars: Mapping[str, torch.Tensor]) -> None:
@@ -415,7 +301,7 @@ class MMDetModule(pl.LightningModule):
         trainer = self.trainer
         to_loggers_now = trainer._logger_connector.should_update_logs or trainer.fast_dev_run  # Lightning's condition
         now = time.monotonic()
-        if not (to_loggers_now or self._train_loss_every_step or self._batch_end_pending
+        if not (to_loggers_now or self._train_loss_every_step or self.schedules.batch_end_pending
                 or now - self._train_loss_logged_at >= self.TRAIN_LOSS_INTERVAL):
             return
         self._train_loss_logged_at = now
@@ -426,161 +312,22 @@ class MMDetModule(pl.LightningModule):
             others = {f"train/{k}": v for k, v in log_vars.items() if k != "loss"}
             self.log_dict(others, batch_size=batch_size, logger=to_logger)
 
-    def _start_finite_check(self, loss: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Whether the loss is finite on every process, started without waiting: a flag on the loss's device
-        and, under DDP, an asynchronous all-reduce (minimum) that runs while backward does."""
-        finite = torch.isfinite(loss.detach()).all().to(torch.int32)
-        work = None
-        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            work = torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN, async_op=True)
-        return finite, work
-
-    def _loss_is_finite(self, check: tuple[torch.Tensor, Any], log_vars: Mapping[str, Any]) -> bool:
-        """mmdet's ``CheckInvalidLossHook`` before the optimizer step: raise, or count and skip the step. The
-        decision is shared by all processes (a step skipped on one rank only would hang the others); its one
-        host synchronisation comes after backward is queued, as mmengine's per-step ``.item()`` of the losses."""
-        finite, work = check
-        if work is not None:
-            work.wait()
-        if bool(finite):
-            return True
-        terms = ", ".join(f"{k}={float(v):.6g}" for k, v in log_vars.items())
-        where = f"iteration {self._iteration()} (epoch {self.current_epoch})"
-        if self.invalid_loss == "raise":
-            raise FloatingPointError(
-                f"The loss is NaN or infinite at {where}: {terms}.\nHint: lower the learning rate, add gradient "
-                "clipping (optim_wrapper.clip_grad), check the data, or pass invalid_loss='skip' to skip such steps."
-            )
-        self.skipped_steps += 1
-        rank_zero_warn(f"Skipping the step at {where}: the loss is NaN or infinite ({terms}); "
-                       f"{self.skipped_steps} step(s) skipped so far.")
-        return False
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._sync_blocker.close()
-        self._end_batch(batch_idx + 1 == self.trainer.num_training_batches)
-
-    def _end_batch(self, last_of_epoch: bool) -> None:
-        self._batch_end_pending = None
-        for scheduler in self.param_schedulers:
-            if not scheduler.by_epoch:
-                scheduler.step()
-        if last_of_epoch:
-            self._step_epoch_schedulers()
+        self.schedules.end_batch(batch_idx + 1 == self.trainer.num_training_batches)
 
     def on_train_epoch_end(self) -> None:
-        self._step_epoch_schedulers()  # epochs of unknown length end here
+        self.schedules.end_epoch()  # epochs of unknown length end here
 
-    def _step_epoch_schedulers(self) -> None:
-        if self._epoch_schedulers_stepped:
-            return
-        self._epoch_schedulers_stepped = True
-        for scheduler in self.param_schedulers:
-            if scheduler.by_epoch:
-                scheduler.step()
-
-    # ------------------------------------------------------------------ evaluation
-    def _evaluator(self, stage: str) -> "Evaluator":
-        if stage not in self._evaluators:
-            from mmengine.evaluator import Evaluator
-            from mmengine.registry import EVALUATOR
-
-            cfg = self.cfg.get(f"{stage}_evaluator") or self.cfg.get("val_evaluator")
-            if cfg is None:
-                raise ValueError(f"The config has no `{stage}_evaluator`; add one, e.g. dict(type='CocoMetric', ...).")
-            cfg = copy.deepcopy(cfg)
-            with library_output():  # CocoMetric loads its annotation file with pycocotools' prints
-                if isinstance(cfg, Mapping) and "metrics" in cfg:  # as mmengine's Runner.build_evaluator
-                    cfg.setdefault("type", "Evaluator")
-                    self._evaluators[stage] = EVALUATOR.build(cfg)
-                else:
-                    self._evaluators[stage] = Evaluator(cfg)
-        return self._evaluators[stage]
-
-    def _start_evaluation(self, stage: str, dataloader: Any) -> None:
-        dataset = first_dataset(dataloader)
-        self._check_classes(dataset, stage)
-        evaluator = self._evaluator(stage)
-        evaluator.dataset_meta = getattr(dataset, "metainfo", None)
-        for metric in evaluator.metrics:
-            metric.results.clear()
-
-    def _finish_evaluation(self, stage: str, dataloader: Any) -> dict[str, float]:
-        from mmengine.logging import MessageHub
-
-        evaluator = self._evaluator(stage)
-        with library_output(), record_coco_evals() as coco_evals:  # pycocotools' blocks: to mmdet.log
-            metrics = evaluator.evaluate(len(first_dataset(dataloader)))
-        self.last_coco_eval = self._coco_evals_by_type(stage, coco_evals)
-        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) or (
-            isinstance(v, torch.Tensor) and v.numel() == 1)}
-        if not scalars:
-            scalars = self._metrics_without_detections(stage)
-        hub = MessageHub.get_current_instance()
-        for key, value in scalars.items():
-            hub.update_scalar(f"{stage}/{key}", value)
-        self.log_dict(scalars, on_step=False, on_epoch=True)
-        self.last_eval_metrics = scalars
-        if self.trainer.state.fn == "fit":  # validate / test print Lightning's own table at their end
-            self._print_metrics(scalars)
-        return scalars
-
-    @rank_zero_only
-    def _print_metrics(self, scalars: Mapping[str, float]) -> None:
-        """The validation's COCO metrics as one table, above the progress bar."""
-        table = metrics_table(scalars, f"epoch {self.current_epoch + 1} validation")
-        bar = self.trainer.progress_bar_callback
-        if bar is not None:
-            bar.print(table)
-        else:
-            print(table, flush=True)
-
-    def _coco_evals_by_type(self, stage: str, coco_evals: list[Any]) -> dict[str, Any]:
-        """The first ``CocoMetric``'s evaluations by IoU type; where it had no detection to evaluate, an
-        evaluation of none (mmdet's metric stops before building it). Only on the rank that evaluated."""
-        found = {ev.params.iouType: _slim(ev) for ev in coco_evals if getattr(ev.params, "useCats", 1)}
-        metric = next((m for m in self._evaluator(stage).metrics if hasattr(m, "_coco_api")), None)
-        if metric is None or not self.trainer.is_global_zero or metric._coco_api is None or metric.format_only:
-            return found
-        from .analysis import empty_coco_eval
-
-        for kind in metric.metrics:
-            if kind in ("bbox", "segm") and kind not in found:
-                found[kind] = empty_coco_eval(metric._coco_api, metric.cat_ids, metric.img_ids, kind,
-                                              metric.iou_thrs, metric.proposal_nums)
-        return found
-
-    def _metrics_without_detections(self, stage: str) -> dict[str, float]:
-        """CocoMetric returns nothing when no image has a detection (a new model, say): log 0.0 instead,
-        so that ``ModelCheckpoint(monitor="coco/bbox_mAP")`` and loggers see the keys from the first epoch."""
-        scalars = {}
-        for metric in self._evaluator(stage).metrics:
-            if type(metric).__name__ != "CocoMetric":
-                continue
-            items = metric.metric_items or ["mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l"]
-            for kind in metric.metrics:
-                if kind != "proposal_fast":
-                    scalars.update({f"{metric.prefix}/{kind}_{item}": 0.0 for item in items})
-        if scalars:
-            rank_zero_warn(f"{stage}: no detections on the whole dataset; COCO metrics are logged as 0.0.")
-        return scalars
-
+    # ------------------------------------------------------------------ evaluation and prediction
     def on_validation_epoch_start(self) -> None:
-        self._buffers_from_rank_zero()
-        self._start_evaluation("val", self.trainer.val_dataloaders)
-
-    def _buffers_from_rank_zero(self) -> None:
-        """Under DDP each process updates its own BatchNorm running statistics; evaluate (on every rank)
-        with rank 0's, the ones its checkpoints hold, so the metric is that of the saved model. Collective:
-        runs on all ranks."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
-            for buffer in self.model.buffers():
-                torch.distributed.broadcast(buffer.data, src=0)
+        broadcast_buffers(self.trainer, self.model)
+        self.evaluation.start("val", self.trainer.val_dataloaders, self.model)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
-        outputs = predictions_to_float32(self.model.val_step(batch))
+        outputs = self.task.predictions_to_float32(self.model.val_step(batch))
         if not self.trainer.sanity_checking:  # a few sanity batches would give a meaningless mAP
-            self._evaluator("val").process(data_samples=outputs, data_batch=batch)
+            self.evaluation.process("val", outputs, batch)
         return outputs
 
     def on_validation_epoch_end(self) -> None:
@@ -588,96 +335,43 @@ class MMDetModule(pl.LightningModule):
             self._finish_evaluation("val", self.trainer.val_dataloaders)
 
     def on_test_epoch_start(self) -> None:
-        self._start_evaluation("test", self.trainer.test_dataloaders)
+        self.evaluation.start("test", self.trainer.test_dataloaders, self.model)
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
-        outputs = predictions_to_float32(self.model.test_step(batch))
-        self._evaluator("test").process(data_samples=outputs, data_batch=batch)
+        outputs = self.task.predictions_to_float32(self.model.test_step(batch))
+        self.evaluation.process("test", outputs, batch)
         return outputs
 
     def on_test_epoch_end(self) -> None:
         self._finish_evaluation("test", self.trainer.test_dataloaders)
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
-        return predictions_to_float32(self.model.test_step(batch))
+        return self.task.predictions_to_float32(self.model.test_step(batch))
 
-    # ------------------------------------------------------------------ checkpoints and resume
-    RESUME_KEY = "mmdet_lightning"
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def _finish_evaluation(self, stage: str, dataloader: Any) -> None:
         from mmengine.logging import MessageHub
 
-        # what mmengine's runner keeps besides weights, optimizer and schedulers (which Lightning saves):
-        # MessageHub, the optimizer wrapper's counter, and the schedule steps of a batch whose end hooks have
-        # not run yet (ModelCheckpoint saves in the callbacks' on_train_batch_end, before the module's)
-        checkpoint[self.RESUME_KEY] = {
-            "message_hub": message_hub_state(MessageHub.get_current_instance()),
-            "inner_count": self.optim_wrapper._inner_count if self.optim_wrapper is not None else 0,
-            "epoch_schedulers_stepped": self._epoch_schedulers_stepped,
-            "batch_end_pending": self._batch_end_pending,
-            "skipped_steps": self.skipped_steps,
-        }
-        # what mmdet's tools read from a checkpoint's meta (init_detector: the class names)
-        for loaders in (self.trainer.train_dataloader, self.trainer.val_dataloaders):
-            metainfo = getattr(first_dataset(loaders), "metainfo", None) or {}
-            if metainfo.get("classes"):
-                checkpoint["meta"] = {"dataset_meta": dict(metainfo)}
-                return
+        scalars = self.evaluation.finish(stage, dataloader, self.trainer.is_global_zero)
+        hub = MessageHub.get_current_instance()
+        for key, value in scalars.items():
+            hub.update_scalar(f"{stage}/{key}", value)
+        self.log_dict(scalars, on_step=False, on_epoch=True)
+        if self.trainer.state.fn == "fit":  # validate / test print Lightning's own table at their end
+            self._print_metrics(scalars)
+
+    @rank_zero_only
+    def _print_metrics(self, scalars: Mapping[str, float]) -> None:
+        """The validation's metrics as one table, above the progress bar."""
+        table = metrics_table(scalars, f"epoch {self.current_epoch + 1} validation")
+        bar = self.trainer.progress_bar_callback
+        if bar is not None:
+            bar.print(table)
+        else:
+            print(table, flush=True)
+
+    # ------------------------------------------------------------------ checkpoints and resume
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_run_state(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._resumed_state = checkpoint.get(self.RESUME_KEY)
-
-    def _restore_resumed_state(self, hub: Any) -> None:
-        """At ``on_train_start`` of a resumed fit (weights, optimizer and schedulers are loaded by then)."""
-        state, self._resumed_state = self._resumed_state, None
-        if not state:
-            return
-        load_message_hub_state(hub, state["message_hub"])
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        self._epoch_schedulers_stepped = bool(state["epoch_schedulers_stepped"])
-        if state.get("batch_end_pending") is not None:
-            self._end_batch(bool(state["batch_end_pending"]))
-        if self.optim_wrapper is not None:
-            self.optim_wrapper._inner_count = int(state["inner_count"])
-
-    # ------------------------------------------------------------------ checks
-    def num_classes(self) -> dict[str, int]:
-        """``num_classes`` of every class-predicting head (RPN heads excluded), by module name."""
-        found = {}
-        for name, module in self.model.named_modules():
-            count = getattr(module, "num_classes", None)
-            if isinstance(count, int) and "rpn" not in name and "RPN" not in type(module).__name__:
-                found[name or "model"] = count
-        return found
-
-    def _check_classes(self, dataset: Any, stage: str) -> None:
-        if dataset is None or id(dataset) in self._checked_datasets:
-            return
-        self._checked_datasets.add(id(dataset))
-        classes = (getattr(dataset, "metainfo", None) or {}).get("classes")
-        if not classes:
-            return
-        wrong = {name: n for name, n in self.num_classes().items() if n != len(classes)}
-        if wrong:
-            heads = ", ".join(f"{name}.num_classes={n}" for name, n in wrong.items())
-            raise ValueError(
-                f"The {stage} dataset has {len(classes)} classes {tuple(classes)}, but the model's heads predict "
-                f"another count: {heads}.\nHint: set num_classes={len(classes)} in those heads of the config's "
-                "`model`, or set `metainfo=dict(classes=...)` on the dataset to the model's classes."
-            )
-
-
-def _slim(coco_eval: Any) -> Any:
-    """A ``COCOeval`` without its per-image matching (``evalImgs``, ``ious``: the bulk of its memory on large
-    datasets), which the analytics do not read; ``eval``, ``params``, ground truth and detections stay."""
-    for name, empty in (("evalImgs", []), ("ious", {}), ("_evalImgs_cpp", None)):
-        if getattr(coco_eval, name, None) is not None:
-            setattr(coco_eval, name, empty)
-    return coco_eval
-
-
-def _batch_size(loader: Any) -> int:
-    """Images per batch of one process's train loader (mmdet's batch samplers hold it, not the loader)."""
-    if getattr(loader, "batch_size", None):
-        return int(loader.batch_size)
-    return int(loader.batch_sampler.batch_size)
+        self._resumed_state = checkpoint.get(RUN_STATE_KEY)

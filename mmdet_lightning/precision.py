@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["keep_mmcv_ops_in_fp32", "predictions_to_float32", "FP32_MMCV_OPS", "FP32_OUTPUT_MMCV_OPS"]
+__all__ = ["keep_mmcv_ops_in_fp32", "FP32_MMCV_OPS", "FP32_OUTPUT_MMCV_OPS"]
 
 #: mmcv's autograd functions (``module.Class`` under ``mmcv.ops``) computed in float32 under mixed precision,
 #: with their floating outputs in the inputs' dtype (features that mmdet writes into tensors of that dtype)
@@ -68,6 +68,10 @@ def _compute_in_fp32(function: Any, output_in_input_dtype: bool) -> None:
 def keep_mmcv_ops_in_fp32() -> None:
     """Make the mmcv ops of :data:`FP32_MMCV_OPS` and :data:`FP32_OUTPUT_MMCV_OPS` compute in float32 (idempotent).
 
+    Process-wide on purpose: the ops are mmcv's autograd classes, called from inside mmdet's modules, whose
+    forward can run on any thread (DDP, dataloaders never call them) and outside any call of ours (a predict
+    on the model after training). For float32 inputs nothing changes: the wrappers pass them straight through.
+
     Example::
         >>> keep_mmcv_ops_in_fp32()
         >>> from mmcv.ops import nms
@@ -84,17 +88,3 @@ def keep_mmcv_ops_in_fp32() -> None:
             function = getattr(importlib.import_module(f"mmcv.ops.{module_name}"), class_name)
             _compute_in_fp32(function, output_in_input_dtype)
     _PATCHED = True
-
-
-def predictions_to_float32(samples: Any) -> Any:
-    """Cast the floating fields of each sample's ``pred_instances`` to float32 (in place; returned), so that
-    evaluators and writers (``tensor.numpy()``) accept predictions made under bf16/fp16 autocast."""
-    for sample in samples if isinstance(samples, (list, tuple)) else []:
-        pred = getattr(sample, "pred_instances", None)
-        if pred is None:
-            continue
-        for key in list(pred.keys()):
-            value = pred.get(key)
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float32:
-                pred.set_field(value.float(), key)
-    return samples

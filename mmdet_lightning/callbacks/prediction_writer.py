@@ -11,7 +11,7 @@ import numpy as np
 from ..lightning_package import pl
 from ..utilities import first_dataset, gather_objects
 from ..wandb._common import check_unit_interval
-from ..wandb.media import instances_from_prediction
+from ..tasks import DetectionTask, Task, task_of
 
 BasePredictionWriter = pl.callbacks.BasePredictionWriter
 
@@ -48,10 +48,12 @@ class DetectionWriter(BasePredictionWriter):
         self.score_thr = check_unit_interval("score_thr", score_thr)
         self.draw = draw
         self._results: dict[Any, list[dict[str, Any]]] = {}  # image id -> COCO results, this process's
+        self._task: Task = DetectionTask()
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._results = {}
+        self._task = task_of(pl_module)
         dataset = first_dataset(trainer.predict_dataloaders)
         self._classes = list((getattr(dataset, "metainfo", None) or {}).get("classes") or [])
         self._cat_ids = list(getattr(dataset, "cat_ids", []) or [])
@@ -60,7 +62,9 @@ class DetectionWriter(BasePredictionWriter):
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
                            dataloader_idx: int = 0) -> None:
         for sample in prediction:
-            everything = instances_from_prediction(sample, score_thr=-1.0)
+            everything = self._task.predicted_instances(sample, -1.0)
+            if everything is None:
+                continue
             image_id = sample.metainfo.get("img_id")
             results = self._results.setdefault(image_id, [])
             for box, label, score in zip(everything.boxes.tolist(), everything.labels.tolist(),
@@ -75,7 +79,7 @@ class DetectionWriter(BasePredictionWriter):
         from PIL import Image, ImageDraw
 
         path = Path(sample.metainfo["img_path"])
-        shown = instances_from_prediction(sample, self.score_thr)
+        shown = self._task.predicted_instances(sample, self.score_thr)
         with Image.open(path) as source:
             image = source.convert("RGB")
         if shown.masks is not None and len(shown.masks):

@@ -40,6 +40,18 @@ TRANSACTION_LOG_FLUSH_INTERVAL = 1.0
 _FLUSH_SETTING = "x_transaction_log_flush_interval"
 
 
+def prepare_loggers(trainer: "pl.Trainer") -> None:
+    """Before Lightning starts the loggers' runs (``LightningModule.prepare_data``): a ``WandbLogger``'s run will
+    write its transaction log every second (the user's own W&B settings win), its folder is made absolute, and a
+    ``validate`` / ``test`` run gets that ``job_type`` unless one was given."""
+    fn = trainer.state.fn
+    for logger in trainer.loggers:
+        flush_transaction_log_often(logger)
+        absolute_run_dir(logger)
+        if fn in ("validate", "test"):
+            set_default_job_type(logger, str(getattr(fn, "value", fn)))
+
+
 def flush_transaction_log_often(logger: Any) -> None:
     """Make the W&B run of ``logger`` (a ``WandbLogger`` whose run has not started) write its transaction log
     to disk every second, so that a killed training process loses at most a second of what it logged.

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..lightning_package import pl
+from ..tasks import task_of
 from ..utilities import first_dataset, gather_objects
 from ._common import check_non_negative_int, check_unit_interval, find_wandb_logger
 from .media import (
@@ -15,7 +16,6 @@ from .media import (
     box_data,
     class_mask_layers,
     instances_from_data_info,
-    instances_from_prediction,
 )
 from .worker import BackgroundWorker
 
@@ -135,13 +135,13 @@ class WandbDetectionTables(Callback):
     ) -> None:
         if not self._active(trainer) or not isinstance(outputs, Sequence):
             return
+        task = task_of(pl_module)
         for sample in outputs:
-            if not hasattr(sample, "pred_instances"):
-                continue
-            self._with_masks = self._with_masks or "masks" in sample.pred_instances
+            self._with_masks = self._with_masks or task.has_masks(sample)
             index = self._by_path.get(str(sample.metainfo.get("img_path")))
-            if index is not None:
-                self._predictions[index] = instances_from_prediction(sample, self.bbox_score_thr)
+            instances = task.predicted_instances(sample, self.bbox_score_thr) if index is not None else None
+            if instances is not None:
+                self._predictions[index] = instances
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active(trainer):

@@ -1,0 +1,127 @@
+"""The config's evaluators run as mmengine's ``ValLoop`` / ``TestLoop`` run them.
+
+    start(stage, dataloader)     the evaluator of ``{stage}_evaluator`` (or ``val_evaluator``), built once, told
+                                 the dataset's metainfo, its results cleared; the task checks the classes
+    process(stage, ...)          each batch's predictions (``evaluator.process``)
+    finish(stage, dataloader)    ``evaluator.evaluate(len(dataset))``, scalar results (0.0 for every key when no
+                                 image has a prediction), the COCO evaluations kept for the analytics
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+
+from ..console import library_output
+from ..evaluation import record_coco_evals
+from ..lightning_package import pl
+from ..utilities import first_dataset
+
+if TYPE_CHECKING:
+    from mmengine.evaluator import Evaluator
+
+    from ..tasks import Task
+
+__all__ = ["StageEvaluation"]
+
+
+class StageEvaluation:
+    """One evaluator per stage (``"val"``, ``"test"``) from the config, and the results of the latest run.
+
+    Example::
+        >>> from mmdet_lightning.tasks import DetectionTask
+        >>> StageEvaluation({}, DetectionTask()).evaluator("val")
+        Traceback (most recent call last):
+        ...
+        ValueError: The config has no `val_evaluator`; add one, e.g. dict(type='CocoMetric', ...).
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], task: "Task") -> None:
+        self.cfg = cfg
+        self.task = task
+        self._evaluators: dict[str, Evaluator] = {}
+        self._checked_datasets: set[int] = set()
+        #: scalar results of the latest evaluation, e.g. ``{"coco/bbox_mAP": 0.57, ...}``
+        self.last_metrics: dict[str, float] = {}
+        #: the accumulated ``COCOeval`` of the latest evaluation by IoU type (``"bbox"``, ``"segm"``), on the process
+        #: that evaluated (rank 0); empty elsewhere and for evaluators without a ``CocoMetric``
+        self.last_coco_eval: dict[str, Any] = {}
+
+    def evaluator(self, stage: str) -> "Evaluator":
+        if stage not in self._evaluators:
+            from mmengine.evaluator import Evaluator
+            from mmengine.registry import EVALUATOR
+
+            cfg = self.cfg.get(f"{stage}_evaluator") or self.cfg.get("val_evaluator")
+            if cfg is None:
+                raise ValueError(f"The config has no `{stage}_evaluator`; add one, e.g. dict(type='CocoMetric', ...).")
+            cfg = copy.deepcopy(cfg)
+            with library_output():  # CocoMetric loads its annotation file with pycocotools' prints
+                if isinstance(cfg, Mapping) and "metrics" in cfg:  # as mmengine's Runner.build_evaluator
+                    cfg.setdefault("type", "Evaluator")
+                    self._evaluators[stage] = EVALUATOR.build(cfg)
+                else:
+                    self._evaluators[stage] = Evaluator(cfg)
+        return self._evaluators[stage]
+
+    def check_classes(self, model: torch.nn.Module, dataset: Any, stage: str) -> None:
+        """The task's class check, once per dataset."""
+        if dataset is None or id(dataset) in self._checked_datasets:
+            return
+        self._checked_datasets.add(id(dataset))
+        classes = (getattr(dataset, "metainfo", None) or {}).get("classes")
+        if classes:
+            self.task.check_classes(model, classes, stage)
+
+    def start(self, stage: str, dataloader: Any, model: torch.nn.Module) -> None:
+        dataset = first_dataset(dataloader)
+        self.check_classes(model, dataset, stage)
+        evaluator = self.evaluator(stage)
+        evaluator.dataset_meta = getattr(dataset, "metainfo", None)
+        for metric in evaluator.metrics:
+            metric.results.clear()
+
+    def process(self, stage: str, outputs: Any, batch: Any) -> None:
+        self.evaluator(stage).process(data_samples=outputs, data_batch=batch)
+
+    def finish(self, stage: str, dataloader: Any, is_global_zero: bool) -> dict[str, float]:
+        """Evaluate (collective under DDP: every rank calls it); the scalar results."""
+        evaluator = self.evaluator(stage)
+        with library_output(), record_coco_evals() as coco_evals:  # pycocotools' blocks: to mmdet.log
+            metrics = evaluator.evaluate(len(first_dataset(dataloader)))
+        self.last_coco_eval = self._coco_evals_by_type(stage, coco_evals, is_global_zero)
+        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) or (
+            isinstance(v, torch.Tensor) and v.numel() == 1)}
+        if not scalars:
+            scalars = self.task.metrics_without_detections(evaluator)
+            if scalars:
+                pl.utilities.rank_zero_warn(
+                    f"{stage}: no detections on the whole dataset; the metrics are logged as 0.0.")
+        self.last_metrics = scalars
+        return scalars
+
+    def _coco_evals_by_type(self, stage: str, coco_evals: list[Any], is_global_zero: bool) -> dict[str, Any]:
+        """The first ``CocoMetric``'s evaluations by IoU type; where it had no detection to evaluate, an
+        evaluation of none (mmdet's metric stops before building it). Only on the rank that evaluated."""
+        found = {ev.params.iouType: _slim(ev) for ev in coco_evals if getattr(ev.params, "useCats", 1)}
+        metric = next((m for m in self.evaluator(stage).metrics if hasattr(m, "_coco_api")), None)
+        if metric is None or not is_global_zero or metric._coco_api is None or metric.format_only:
+            return found
+        from ..analysis import empty_coco_eval
+
+        for kind in metric.metrics:
+            if kind in ("bbox", "segm") and kind not in found:
+                found[kind] = empty_coco_eval(metric._coco_api, metric.cat_ids, metric.img_ids, kind,
+                                              metric.iou_thrs, metric.proposal_nums)
+        return found
+
+
+def _slim(coco_eval: Any) -> Any:
+    """A ``COCOeval`` without its per-image matching (``evalImgs``, ``ious``: the bulk of its memory on large
+    datasets), which the analytics do not read; ``eval``, ``params``, ground truth and detections stay."""
+    for name, empty in (("evalImgs", []), ("ious", {}), ("_evalImgs_cpp", None)):
+        if getattr(coco_eval, name, None) is not None:
+            setattr(coco_eval, name, empty)
+    return coco_eval
