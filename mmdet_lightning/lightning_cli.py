@@ -9,10 +9,11 @@ from typing import Any, Sequence
 import yaml
 from jsonargparse import get_loader, set_loader
 
+from .callbacks.custom_hooks import callbacks_from_config
 from .callbacks.prediction_writer import DetectionWriter
 from .checkpoint import load_checkpoint_file
 from .datamodule import MMDetDataModule
-from .callbacks.custom_hooks import callbacks_from_config
+from .engine.preemption import newest_hpc_checkpoint
 from .lightning_package import check_one_package, import_submodule, pl, translate_class_path
 from .module import MMDetModule
 from .wandb._common import run_id_in_checkpoint
@@ -96,6 +97,11 @@ class MMDetLightningCLI(LightningCLI):
                 f"--ckpt_path {ckpt_path!r} does not exist (working directory: {os.getcwd()}).\n"
                 "Hint: pass a checkpoint written by ModelCheckpoint, e.g. work_dirs/<run>/checkpoints/last.ckpt."
             )
+        if subcommand == "fit" and (ckpt_path == "hpc" or ckpt_path is None
+                                    and pl.plugins.environments.SLURMEnvironment.detect()):
+            # a preempted job, requeued: the newest hpc checkpoint (Lightning resumes it; the W&B run is read here)
+            root = (self.config[subcommand].get("trainer") or {}).get("default_root_dir") or os.getcwd()
+            ckpt_path = newest_hpc_checkpoint(root) or ckpt_path
         if ckpt_path and Path(str(ckpt_path)).is_file():
             # read it now, safely (weights_only=True): a file that would run code, or a damaged one, stops here
             trust = bool((self.config[subcommand].get("model") or {}).get("trust_checkpoint", False))

@@ -35,6 +35,7 @@ from .engine.invalid_loss import InvalidLoss, InvalidLossCheck
 from .engine.model import build_detector, follow_preprocessor_device
 from .engine.optimization import (ScheduleStepper, build_optim_wrapper, build_param_schedulers, loader_batch_size,
                                   max_epochs_and_iters, scale_lr)
+from .engine.preemption import PreemptionHandler
 from .engine.run_state import RUN_STATE_KEY, restore_run_state, save_run_state
 from .engine.strategy import broadcast_buffers, check_unused_parameters, prepare_strategy
 from .evaluation import EvaluatorBackend, use_evaluator_backend
@@ -182,12 +183,13 @@ class MMDetModule(pl.LightningModule):
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """Lightning's default progress bar becomes its throttled twin (:mod:`mmdet_lightning.callbacks.progress_bar`:
-        the same bar, updated at most ten times a second instead of after every step); a progress bar passed
-        to the Trainer is kept."""
+        the same bar, updated at most ten times a second instead of after every step; a progress bar passed
+        to the Trainer is kept), and SIGTERM / SLURM's requeue signal stop every rank at the same batch with a
+        checkpoint, without Lightning's per-step broadcast (:class:`~mmdet_lightning.engine.preemption.PreemptionHandler`)."""
         from .callbacks.progress_bar import replace_default_progress_bar
 
         bar = replace_default_progress_bar(self.trainer.progress_bar_callback)
-        return [bar] if bar is not None else []
+        return ([bar] if bar is not None else []) + [PreemptionHandler()]
 
     def setup(self, stage: str) -> None:
         """The config's ``env_cfg``, and the strategy checked and adapted to the model

@@ -15,8 +15,8 @@ sampler's epoch and the global random generators' states in the Lightning checkp
 so that the rest of the run sees the same batches, the same random augmentations and the same random
 draws of the model (RPN/RCNN samplers) as an uninterrupted run. Limits: with ``num_workers > 0``
 the augmentations of the rest of an interrupted epoch are drawn afresh (the workers' generators
-restart from their seeds; the batches are the same); under DDP only rank 0's random states are
-saved, so other ranks' draws restart from their seeds.
+restart from their seeds; the batches are the same). Under DDP every process's random states are saved
+(gathered when the checkpoint is written) and each process restores its own.
 
 Example::
     >>> from torch.utils.data import BatchSampler, SequentialSampler
@@ -97,6 +97,11 @@ class ResumableBatchSampler:
             state["epoch"] = int(self.sampler.epoch)
         rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
         state["rank"] = rank
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every process's generators (Lightning dumps a checkpoint on every rank: collective, once a save)
+            from .utilities import gather_objects
+
+            state["rng_by_rank"] = gather_objects(state["rng"])
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -106,9 +111,13 @@ class ResumableBatchSampler:
 
 def _restore_rng(state: dict[str, Any], new_epoch: bool) -> None:
     rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-    if "rng" not in state or state.get("rank", 0) != rank:
+    by_rank = state.get("rng_by_rank") or []
+    if rank < len(by_rank):
+        rng = dict(by_rank[rank])  # this process's own generators (checkpoints written under DDP)
+    elif "rng" in state and state.get("rank", 0) == rank:
+        rng = dict(state["rng"])
+    else:
         return
-    rng = dict(state["rng"])
     name, keys, pos, has_gauss, gauss = rng["numpy"]
     rng["numpy"] = (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)
     _set_rng_states(rng)

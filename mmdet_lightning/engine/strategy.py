@@ -15,10 +15,10 @@ from typing import Any, Mapping
 
 import torch
 
-from ..checkpoint_io import SafeCheckpointIO
+from ..checkpoint_io import CheckpointWriteError, SafeCheckpointIO
 from ..lightning_package import fabric, pl
 
-__all__ = ["prepare_strategy", "check_unused_parameters", "broadcast_buffers"]
+__all__ = ["prepare_strategy", "check_unused_parameters", "broadcast_buffers", "share_checkpoint_write_errors"]
 
 
 def prepare_strategy(trainer: "pl.Trainer", model: torch.nn.Module, cfg: Mapping[str, Any],
@@ -56,6 +56,7 @@ def prepare_strategy(trainer: "pl.Trainer", model: torch.nn.Module, cfg: Mapping
 
         model = revert_sync_batchnorm(model)
     if isinstance(strategy, DDPStrategy):
+        share_checkpoint_write_errors(strategy)
         # as mmengine's runner wraps the model: each process keeps its own buffers (BatchNorm statistics;
         # validation takes rank 0's), instead of a broadcast from rank 0 before every forward
         strategy._ddp_kwargs.setdefault("broadcast_buffers", False)
@@ -63,6 +64,30 @@ def prepare_strategy(trainer: "pl.Trainer", model: torch.nn.Module, cfg: Mapping
             # the config's top-level `find_unused_parameters`, which mmengine passes to its DDP wrapper
             strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
     return model
+
+
+def share_checkpoint_write_errors(strategy: Any) -> None:
+    """Under DDP, rank 0 writes each checkpoint while the others wait at a barrier: a write that fails there (disk
+    full, read-only folder) would leave them waiting until the collective timeout. After each write the ranks
+    agree whether it succeeded (one all-reduce per checkpoint, none per step), and every rank stops with the
+    ``CheckpointWriteError``. Idempotent."""
+    if getattr(strategy.save_checkpoint, "_shares_write_errors", False):
+        return
+    save = strategy.save_checkpoint
+
+    def save_checkpoint(checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        error: CheckpointWriteError | None = None
+        try:
+            save(checkpoint, filepath, storage_options=storage_options)
+        except CheckpointWriteError as err:
+            error = err
+        if not strategy.reduce_boolean_decision(error is None, all=True):
+            raise error or CheckpointWriteError(
+                f"Process 0 could not write checkpoint {str(filepath)!r} (its error says why); training stopped on "
+                "every process.")
+
+    save_checkpoint._shares_write_errors = True  # type: ignore[attr-defined]
+    strategy.save_checkpoint = save_checkpoint
 
 
 def check_unused_parameters(trainer: "pl.Trainer", model: torch.nn.Module) -> None:

@@ -1,0 +1,204 @@
+"""Preemption under DDP without a blocking collective per step: every rank stops at the same step.
+
+Lightning 2.5+ (``_TrainingEpochLoop._broadcast_sigterm_tensor``) broadcasts a SIGTERM flag from rank 0 at the
+start of every training step under DDP: a blocking collective and an ``.item()``, a host synchronisation per
+step on GPUs, and its signal handler makes a second broadcast that pairs with it, however the signal falls.
+:class:`PreemptionHandler` replaces both halves of that protocol:
+
+    signal (SIGTERM; SIGUSR1 with SLURMEnvironment(auto_requeue=True))
+                        the handler only records the request on this process (no collective, no raise)
+    each batch's end    wait for the all-reduce (MAX) of the flags started at the previous batch's end (on a
+                        CPU gloo group: no device synchronisation; it ran during this batch), start this
+                        batch's; when the finished one says stop, every rank stops at this batch (at an
+                        epoch's last batch: after the epoch's validation, so that the resume is exact):
+                        ``hpc_ckpt_N.ckpt`` written (atomically, by SafeCheckpointIO), the W&B runs marked
+                        preempting, then Lightning's own SIGTERM exit (``SIGTERMException``, the W&B callbacks
+                        upload and finish); after SIGUSR1 on SLURM, rank 0 requeues the job (``scontrol requeue``)
+
+A signal reaches every rank's decision one or two batches later, on all ranks at the same batch: during
+validation or a checkpoint write it waits for the next training batch. The requeued job (same command) resumes
+from the ``hpc`` checkpoint: Lightning picks it up by itself on SLURM, ``ckpt_path="hpc"`` elsewhere. When
+Lightning ships its own switch (``Trainer(broadcast_sigterm_every_n_steps=...)``, PR #21640) this handler steps
+aside and Lightning's protocol runs as it is.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import subprocess
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+
+from ..lightning_package import pl
+
+__all__ = ["PreemptionHandler", "lightning_has_sigterm_switch", "newest_hpc_checkpoint"]
+
+log = logging.getLogger(__name__)
+#: Lightning's own signal logger: "Received SIGTERM" reads as it always has
+_lightning_log = logging.getLogger(f"{pl.__name__}.trainer.connectors.signal_connector")
+_NONE, _STOP, _REQUEUE = 0, 1, 2
+
+
+def lightning_has_sigterm_switch() -> bool:
+    """Whether this Lightning controls its per-step SIGTERM broadcast itself (PR #21640, in no release yet)."""
+    return "broadcast_sigterm_every_n_steps" in inspect.signature(pl.Trainer.__init__).parameters
+
+
+class PreemptionHandler(pl.Callback):
+    """Stops a (DDP) fit on SIGTERM, or SLURM's requeue signal, at the same batch on every rank, with a
+    checkpoint to resume from, and no collective that blocks a training step. ``MMDetModule`` adds it to every
+    fit (``configure_callbacks``).
+
+    Args:
+        checkpoint: write ``hpc_ckpt_N.ckpt`` in the Trainer's ``default_root_dir`` when stopping.
+
+    Example::
+        >>> handler = PreemptionHandler()
+        >>> handler.requested
+        0
+    """
+
+    def __init__(self, checkpoint: bool = True) -> None:
+        self.checkpoint = checkpoint
+        #: what this process's signal handlers asked for: 0 nothing, 1 stop, 2 stop and requeue (SLURM)
+        self.requested = _NONE
+        #: the decision every rank took, and where the checkpoint went (None while running)
+        self.stopped: int = _NONE
+        self.checkpoint_path: str | None = None
+        self._pending = _NONE  # a stop decided at an epoch's last batch, taken after its validation
+        self._trainer: Any = None
+        self._group: Any = None
+        self._flag: torch.Tensor | None = None
+        self._work: Any = None
+
+    @property
+    def state_key(self) -> str:
+        return "PreemptionHandler"
+
+    # ------------------------------------------------------------------ install
+    def setup(self, trainer: "pl.Trainer", pl_module: Any, stage: str) -> None:
+        if stage != "fit" or lightning_has_sigterm_switch():
+            return
+        self._trainer = trainer
+        self.requested = self.stopped = self._pending = _NONE
+        connector = trainer._signal_connector
+        # Lightning binds these bound methods when it registers its handlers, after `setup`: the instance
+        # attributes take their place (its notifier broadcasts from inside the handler)
+        connector._sigterm_notifier_fn = self._on_sigterm
+        connector._slurm_sigusr_handler_fn = self._on_requeue_signal
+        trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = _no_broadcast
+        if self._distributed():
+            import torch.distributed as dist
+
+            self._group = dist.new_group(backend="gloo")  # collective: every rank runs `setup`
+
+    def _distributed(self) -> bool:
+        return (self._trainer is not None and self._trainer.world_size > 1 and torch.distributed.is_available()
+                and torch.distributed.is_initialized())
+
+    # ------------------------------------------------------------------ signals: record only
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        _lightning_log.info(f"[rank: {self._trainer.global_rank}] Received SIGTERM: {signum}")
+        if self.requested == _NONE:
+            launcher = self._trainer.strategy.launcher
+            if launcher is not None:
+                launcher.kill(signum)  # as Lightning: pass it on to the processes it started
+        self.requested = max(self.requested, _STOP)
+
+    def _on_requeue_signal(self, signum: int, frame: FrameType | None) -> None:
+        _lightning_log.info(f"[rank: {self._trainer.global_rank}] Received the requeue signal {signum}")
+        self.requested = _REQUEUE
+
+    # ------------------------------------------------------------------ each batch's end: agree
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._trainer is None:
+            return
+        decision = self.requested
+        if self._distributed():
+            import torch.distributed as dist
+
+            decision = _NONE
+            if self._work is not None:
+                self._work.wait()  # started one batch ago on every rank: done by now in practice
+                decision = int(self._flag[0])
+            self._flag = torch.tensor([self.requested], dtype=torch.int32)
+            self._work = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        if decision == _NONE:
+            return
+        if batch_idx + 1 == trainer.num_training_batches:
+            # the epoch's validation (or end) comes next: a checkpoint taken after it resumes exactly, one
+            # taken before it would make Lightning skip it on resume
+            self._pending = decision
+        else:
+            self._stop(trainer, decision)
+
+    def on_validation_end(self, trainer: "pl.Trainer", pl_module: Any) -> None:
+        if self._pending != _NONE and not trainer.sanity_checking:
+            self._stop(trainer, self._pending)
+
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: Any) -> None:
+        if self._pending != _NONE:
+            self._stop(trainer, self._pending)
+
+    def _stop(self, trainer: "pl.Trainer", decision: int) -> None:
+        """On every rank at the same batch: checkpoint, W&B runs marked preempting, requeue; then Lightning's
+        SIGTERM exit after this batch (``received_sigterm``)."""
+        self.stopped, self._pending = decision, _NONE
+        if self.checkpoint:
+            path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+            path = trainer.strategy.broadcast(path)
+            trainer.save_checkpoint(path)  # collective; SafeCheckpointIO writes it atomically
+            self.checkpoint_path = path
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                run = getattr(logger, "_experiment", None)  # a run that was never started is not preempted
+                if run is not None and hasattr(run, "mark_preempting"):
+                    run.mark_preempting()
+            if decision == _REQUEUE:
+                _requeue_slurm_job()
+        trainer._signal_connector.received_sigterm = True  # Lightning raises SIGTERMException after this batch
+
+    def teardown(self, trainer: "pl.Trainer", pl_module: Any, stage: str) -> None:
+        if self._work is not None:
+            self._work.wait()  # every rank started it: finish it before the process group goes
+        self._work = self._flag = None
+
+
+def newest_hpc_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The ``hpc_ckpt_N.ckpt`` with the highest N in ``folder`` (what ``ckpt_path="hpc"`` resumes), or None.
+
+    Example::
+        >>> newest_hpc_checkpoint("/nonexistent") is None
+        True
+    """
+    numbered = []
+    for path in Path(folder).glob("hpc_ckpt_*.ckpt"):
+        suffix = path.stem.rsplit("_", 1)[-1]
+        if suffix.isdigit():
+            numbered.append((int(suffix), str(path)))
+    return max(numbered)[1] if numbered else None
+
+
+def _no_broadcast() -> None:
+    """Lightning's per-step SIGTERM broadcast, replaced by the agreement at each batch's end."""
+
+
+def _requeue_slurm_job() -> None:
+    """``scontrol requeue`` this SLURM job (an array task by its array ids), as Lightning's SLURM handler does."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID")
+    if not job:
+        log.warning("Requeue signal outside a SLURM job: nothing to requeue")
+        return
+    try:
+        result = subprocess.call(["scontrol", "requeue", job])
+    except FileNotFoundError:
+        result = -1
+    (log.info if result == 0 else log.warning)(f"scontrol requeue {job}: exit code {result}")
+

@@ -1,0 +1,101 @@
+"""Preemption under DDP: a signal at any moment stops both processes at the same batch with a checkpoint, and
+the resumed run ends as an uninterrupted one, in the same W&B run. Two CPU processes (gloo), Lightning's launcher,
+each run a fresh process as a user's job is (``tests/preempt_fit.py``)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
+from mmdet_lightning.wandb.records import artifacts, read_records
+from .user_env import explain, run_as_user
+
+SCRIPT = Path(__file__).with_name("preempt_fit.py")
+
+
+def _fit(out: Path, data_root: Path, *args: str) -> Any:
+    out.mkdir(parents=True, exist_ok=True)
+    return run_as_user(["python", str(SCRIPT), str(out), str(data_root), *args], cwd=out, timeout=600)
+
+
+def _iterations(out: Path, rank: int = 0) -> dict[str, dict[int, float]]:
+    merged: dict[str, dict[int, float]] = {"lrs": {}, "losses": {}}
+    for part in ("first", "resumed"):
+        path = out / f"rank{rank}.{part}.json"
+        if path.exists():
+            for key, values in json.loads(path.read_text()).items():
+                merged[key].update({int(k): v for k, v in values.items()})
+    return merged
+
+
+@pytest.fixture(scope="module")
+def preempt_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_shapes_dataset(tmp_path_factory.mktemp("preempt_shapes"), ShapesConfig(num_train=24, num_val=4, seed=0))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, preempt_shapes: Path) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    done = _fit(out, preempt_shapes)
+    assert done.returncode == 0, explain(done)
+    return out
+
+
+def _records(out: Path) -> list:
+    return [r for path in sorted(out.glob("wandb/offline-run-*/run-*.wandb")) for r in read_records(path)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("during, rank, at", [("train", 1, 1), ("val", 0, 3), ("save", 1, 3)],
+                         ids=["mid-epoch-on-rank-1", "during-validation-on-rank-0", "during-a-checkpoint-write"])
+def test_a_signal_stops_every_rank_at_one_batch_and_the_resume_ends_as_uninterrupted(
+        preempt_shapes: Path, reference: Path, tmp_path: Path, during: str, rank: int, at: int) -> None:
+    stopped = _fit(tmp_path, preempt_shapes, "--signal-at", str(at), "--signal-rank", str(rank), "--during", during)
+    assert stopped.returncode == 0, explain(stopped)  # Lightning's SIGTERM exit (a SystemExit)
+    assert "Received SIGTERM" in stopped.stderr + stopped.stdout
+    assert not (tmp_path / "final.pt").exists()  # the fit did stop
+    (hpc,) = tmp_path.glob("hpc_ckpt_*.ckpt")
+    checkpoint = torch.load(hpc, weights_only=False)
+    first = [_iterations(tmp_path, r) for r in (0, 1)]
+    assert first[0]["lrs"].keys() == first[1]["lrs"].keys()  # both ranks trained the same batches, then stopped
+    assert checkpoint["global_step"] == len(first[0]["lrs"]) < 6
+
+    resumed = _fit(tmp_path, preempt_shapes, "--resume")
+    assert resumed.returncode == 0, explain(resumed)
+    ours, theirs = torch.load(tmp_path / "final.pt", weights_only=False), torch.load(reference / "final.pt",
+                                                                                      weights_only=False)
+    for key, value in theirs["state_dict"].items():
+        assert torch.equal(ours["state_dict"][key], value), key
+    for a, b in zip(ours["optimizer"]["state"].values(), theirs["optimizer"]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in b)
+    for r in (0, 1):
+        assert _iterations(tmp_path, r) == _iterations(reference, r)  # every iteration's LR and loss, both ranks
+
+    records = _records(tmp_path)
+    assert len({r.run.run_id for r in records if r.WhichOneof("record_type") == "run"}) == 1
+    assert any(r.WhichOneof("record_type") == "preempting" for r in records)
+    models = [e.path for a in artifacts(records) if a.type == "model" for e in a.manifest.contents]
+    assert len(models) == len(set(models))  # every checkpoint uploaded once
+    assert [a.name for a in artifacts(records)].count("val") == 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_lightning_per_step_broadcast_is_replaced(shapes_config: Any) -> None:
+    from mmdet_lightning import MMDetModule
+    from mmdet_lightning.engine.preemption import PreemptionHandler, lightning_has_sigterm_switch
+    from mmdet_lightning.lightning_package import pl
+
+    trainer = pl.Trainer(accelerator="cpu", logger=False, max_epochs=1)
+    handler = PreemptionHandler()
+    handler.setup(trainer, MMDetModule(shapes_config("shapes_retinanet.py")), "fit")
+    assert lightning_has_sigterm_switch() or trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor() is None
+    trainer._signal_connector._sigterm_notifier_fn(signal.SIGTERM, None)
+    assert handler.requested == 1 and not trainer.received_sigterm  # recorded; the stop waits for the batch's end
