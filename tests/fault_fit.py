@@ -115,7 +115,7 @@ def main() -> None:
                 "optimizer": trainer.optimizers[0].state_dict(),
                 "hub_info": {k: hub.get_info(k) for k in ("epoch", "iter", "max_iters")},
                 "hub_scalar_counts": {k: len(v.data[0]) for k, v in hub.log_scalars.items()},
-                "inner_count": module.optim_wrapper._inner_count}, args.out / "final.pt")
+                "inner_count": module.optim_wrapper._inner_count, "package": pl.__name__}, args.out / "final.pt")
     if args.wandb:
         import wandb
 

@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--during", choices=("train", "val", "save"), default="train")
     parser.add_argument("--signal", default="SIGTERM")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--ckpt-dir", type=Path, help="ModelCheckpoint's folder (default OUT_DIR/ckpt)")
     args = parser.parse_args()
     signum = getattr(signal, args.signal)
 
@@ -71,12 +72,14 @@ def main() -> None:
             self._send(trainer, pl_module, "save")
 
         def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
+            self.exception = type(exception).__name__
             self.teardown(trainer, pl_module, "fit")
 
         def teardown(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
             part = "resumed" if args.resume else "first"
             path = args.out / f"rank{trainer.global_rank}.{part}.json"
-            path.write_text(json.dumps({"lrs": self.lrs, "losses": self.losses}))
+            path.write_text(json.dumps({"lrs": self.lrs, "losses": self.losses,
+                                        "exception": getattr(self, "exception", None)}))
 
     torch.set_num_threads(1)
     cfg = replace_data_root(load_config(REPO / "configs/mmdet/shapes_retinanet.py"), args.data_root)
@@ -95,7 +98,7 @@ def main() -> None:
         enable_progress_bar=False, default_root_dir=str(args.out),
         logger=pl.loggers.WandbLogger(offline=True, save_dir=str(args.out), project="preempt", id=run_id,
                                       resume="allow" if run_id else None),
-        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=str(args.out / "ckpt"), every_n_epochs=1, save_last=True),
+        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=str(args.ckpt_dir or args.out / "ckpt"), every_n_epochs=1, save_last=True),
                    MMDetWandbCallback(interval=1, log_checkpoint=True, num_eval_images=2), recorder],
     )
     module = MMDetModule(cfg)

@@ -159,3 +159,20 @@ def test_cli_fit_ckpt_path_continues_the_wandb_run_of_the_checkpoint(tmp_path: P
     given = Namespace(class_path="pytorch_lightning.loggers.WandbLogger", init_args=Namespace(id="mine", version=None))
     _continue_wandb_run(Namespace(logger=[given]), wandb_run_id(ckpt))
     assert given.init_args.id == "mine"  # an id given on the command line wins
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("written, resumed_with", [("pytorch_lightning", "lightning"), ("lightning", "pytorch_lightning")])
+def test_a_checkpoint_resumes_under_the_other_lightning_package(
+        small_shapes: Path, uninterrupted: dict[str, Any], tmp_path: Path, written: str, resumed_with: str) -> None:
+    """A job written with ``import pytorch_lightning`` resumed by one that imports ``lightning`` (a user who
+    switched packages between the two), and back: the run ends as the uninterrupted one."""
+    killed = _fit(tmp_path / "killed", small_shapes, "--kill-at", "9", MMDET_LIGHTNING_PACKAGE=written)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    last = tmp_path / "killed" / "ckpt" / "last.ckpt"
+    resumed = _fit(tmp_path / "resumed", small_shapes, "--resume", str(last), MMDET_LIGHTNING_PACKAGE=resumed_with)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = torch.load(tmp_path / "resumed" / "final.pt", weights_only=False)
+    assert result["package"] == {"lightning": "lightning.pytorch", "pytorch_lightning": "pytorch_lightning"}[resumed_with]
+    assert sorted(result["lrs"]) == [8, 9, 10, 11]
+    _assert_same_run_end(result, uninterrupted)
