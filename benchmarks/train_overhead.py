@@ -184,7 +184,7 @@ def _run_mmengine(cfg: Any, work_dir: str, shared: SharedWork) -> None:
 
 
 def _run_lightning(cfg: Any, work_dir: str, console: bool, shared: SharedWork,
-                   without_sigterm_broadcast: bool = False) -> None:
+                   lightning_sigterm: bool = False) -> None:
     from mmdet_lightning import MMDetDataModule, MMDetModule
     from mmdet_lightning.lightning_package import pl
 
@@ -199,9 +199,8 @@ def _run_lightning(cfg: Any, work_dir: str, console: bool, shared: SharedWork,
         def on_train_end(self, *args: Any) -> None:
             shared.stamp()
 
-    if without_sigterm_broadcast:  # diagnostic only: Lightning then cannot stop all ranks together on SIGTERM
-        trainer_loop = pl.loops.training_epoch_loop._TrainingEpochLoop
-        trainer_loop._broadcast_sigterm_tensor = lambda self: None
+    if lightning_sigterm:  # diagnostic: Lightning's own SIGTERM protocol (its per-step broadcast under DDP)
+        MMDetModule.HANDLE_PREEMPTION = False
     iters = cfg.train_cfg.max_iters
     pl.seed_everything(cfg.randomness.seed)
     world_size = _world_size()  # under torchrun, Lightning joins its processes
@@ -220,7 +219,7 @@ def _one_run(args: argparse.Namespace) -> None:
         if args.one == "mmengine":
             _run_mmengine(cfg, work_dir, shared)
         else:
-            _run_lightning(cfg, work_dir, args.console[0] == "on", shared, args.without_sigterm_broadcast)
+            _run_lightning(cfg, work_dir, args.console[0] == "on", shared, args.lightning_sigterm)
     walls, framework = shared.per_iteration(args.warmup)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if int(os.environ.get("RANK", 0)) == 0:
@@ -239,8 +238,8 @@ def _spawn(framework: str, case: str, console: str, args: argparse.Namespace) ->
         launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.processes}"]
     command = [*launch, __file__, "--one", framework, "--case", case, "--console", console,
                "--data-root", args.data_root, "--iters", str(args.iters), "--warmup", str(args.warmup)]
-    if args.without_sigterm_broadcast:
-        command.append("--without-sigterm-broadcast")
+    if args.lightning_sigterm:
+        command.append("--lightning-sigterm")
     return run_json(command)
 
 
@@ -256,8 +255,9 @@ def main() -> None:
     parser.add_argument("--plot", help="also save a bar chart of seconds per iteration to this PNG")
     parser.add_argument("--gaps", action="store_true",
                         help="also print each side's framework ms by where it falls between two shared calls")
-    parser.add_argument("--without-sigterm-broadcast", action="store_true",
-                        help="diagnostic: Lightning without its per-step SIGTERM broadcast under DDP (unsafe to use)")
+    parser.add_argument("--lightning-sigterm", action="store_true",
+                        help="diagnostic: Lightning's own SIGTERM handling (a broadcast every step under DDP) instead of "
+                             "mmdet_lightning's PreemptionHandler")
     parser.add_argument("--one", choices=["mmengine", "lightning"], help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()

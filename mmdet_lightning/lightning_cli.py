@@ -14,7 +14,7 @@ from .callbacks.prediction_writer import DetectionWriter
 from .checkpoint import load_checkpoint_file
 from .datamodule import MMDetDataModule
 from .engine.preemption import newest_hpc_checkpoint
-from .lightning_package import check_one_package, import_submodule, pl, translate_class_path
+from .lightning_package import check_one_package, fabric, import_submodule, pl, translate_class_path
 from .module import MMDetModule
 from .wandb._common import run_id_in_checkpoint
 
@@ -98,7 +98,7 @@ class MMDetLightningCLI(LightningCLI):
                 "Hint: pass a checkpoint written by ModelCheckpoint, e.g. work_dirs/<run>/checkpoints/last.ckpt."
             )
         if subcommand == "fit" and (ckpt_path == "hpc" or ckpt_path is None
-                                    and pl.plugins.environments.SLURMEnvironment.detect()):
+                                    and fabric.plugins.environments.SLURMEnvironment.detect()):
             # a preempted job, requeued: the newest hpc checkpoint (Lightning resumes it; the W&B run is read here)
             root = (self.config[subcommand].get("trainer") or {}).get("default_root_dir") or os.getcwd()
             ckpt_path = newest_hpc_checkpoint(root) or ckpt_path

@@ -97,6 +97,9 @@ class MMDetModule(pl.LightningModule):
     #: seconds between two ``train/loss`` values sent to the progress bar and ``callback_metrics`` at the least
     #: (the loggers get every ``log_every_n_steps``-th step, an epoch's last batch always)
     TRAIN_LOSS_INTERVAL = 0.1
+    #: add :class:`~mmdet_lightning.engine.preemption.PreemptionHandler` to every fit (False: Lightning's own SIGTERM
+    #: handling, with its per-step broadcast under DDP)
+    HANDLE_PREEMPTION = True
     #: the checkpoint key of what mmengine's runner keeps besides weights, optimizer and schedulers
     RESUME_KEY = RUN_STATE_KEY
 
@@ -189,7 +192,7 @@ class MMDetModule(pl.LightningModule):
         from .callbacks.progress_bar import replace_default_progress_bar
 
         bar = replace_default_progress_bar(self.trainer.progress_bar_callback)
-        return ([bar] if bar is not None else []) + [PreemptionHandler()]
+        return ([bar] if bar is not None else []) + ([PreemptionHandler()] if self.HANDLE_PREEMPTION else [])
 
     def setup(self, stage: str) -> None:
         """The config's ``env_cfg``, and the strategy checked and adapted to the model

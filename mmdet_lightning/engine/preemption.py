@@ -7,15 +7,14 @@ step on GPUs, and its signal handler makes a second broadcast that pairs with it
 
     signal (SIGTERM; SIGUSR1 with SLURMEnvironment(auto_requeue=True))
                         the handler only records the request on this process (no collective, no raise)
-    each batch's end    wait for the all-reduce (MAX) of the flags started at the previous batch's end (on a
-                        CPU gloo group: no device synchronisation; it ran during this batch), start this
-                        batch's; when the finished one says stop, every rank stops at this batch (at an
+    each batch's end    read the all-reduce (MAX) of the flags started two batches earlier (on a CPU gloo
+                        group: no device synchronisation; it ran during those batches), start this batch's; when the finished one says stop, every rank stops at this batch (at an
                         epoch's last batch: after the epoch's validation, so that the resume is exact):
                         ``hpc_ckpt_N.ckpt`` written (atomically, by SafeCheckpointIO), the W&B runs marked
                         preempting, then Lightning's own SIGTERM exit (``SIGTERMException``, the W&B callbacks
                         upload and finish); after SIGUSR1 on SLURM, rank 0 requeues the job (``scontrol requeue``)
 
-A signal reaches every rank's decision one or two batches later, on all ranks at the same batch: during
+A signal reaches every rank's decision two or three batches later, on all ranks at the same batch: during
 validation or a checkpoint write it waits for the next training batch. The requeued job (same command) resumes
 from the ``hpc`` checkpoint: Lightning picks it up by itself on SLURM, ``ckpt_path="hpc"`` elsewhere. When
 Lightning ships its own switch (``Trainer(broadcast_sigterm_every_n_steps=...)``, PR #21640) this handler steps
@@ -24,6 +23,7 @@ aside and Lightning's protocol runs as it is.
 
 from __future__ import annotations
 
+import collections
 import inspect
 import logging
 import os
@@ -63,6 +63,10 @@ class PreemptionHandler(pl.Callback):
         0
     """
 
+    #: batches between starting an all-reduce of the flags and reading it: it runs during them, so reading it
+    #: does not wait for a rank that is a little behind
+    LAG = 2
+
     def __init__(self, checkpoint: bool = True) -> None:
         self.checkpoint = checkpoint
         #: what this process's signal handlers asked for: 0 nothing, 1 stop, 2 stop and requeue (SLURM)
@@ -73,8 +77,8 @@ class PreemptionHandler(pl.Callback):
         self._pending = _NONE  # a stop decided at an epoch's last batch, taken after its validation
         self._trainer: Any = None
         self._group: Any = None
-        self._flag: torch.Tensor | None = None
-        self._work: Any = None
+        #: the all-reduces started at the last ``LAG`` batch ends, oldest first
+        self._pending_works: collections.deque[tuple[torch.Tensor, Any]] = collections.deque()
 
     @property
     def state_key(self) -> str:
@@ -86,6 +90,7 @@ class PreemptionHandler(pl.Callback):
             return
         self._trainer = trainer
         self.requested = self.stopped = self._pending = _NONE
+        self._pending_works.clear()
         connector = trainer._signal_connector
         # Lightning binds these bound methods when it registers its handlers, after `setup`: the instance
         # attributes take their place (its notifier broadcasts from inside the handler)
@@ -124,11 +129,13 @@ class PreemptionHandler(pl.Callback):
             import torch.distributed as dist
 
             decision = _NONE
-            if self._work is not None:
-                self._work.wait()  # started one batch ago on every rank: done by now in practice
-                decision = int(self._flag[0])
-            self._flag = torch.tensor([self.requested], dtype=torch.int32)
-            self._work = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+            if len(self._pending_works) == self.LAG:  # started LAG batches ago on every rank: done by now
+                flag, work = self._pending_works.popleft()
+                work.wait()
+                decision = int(flag[0])
+            flag = torch.tensor([self.requested], dtype=torch.int32)
+            work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+            self._pending_works.append((flag, work))
         if decision == _NONE:
             return
         if batch_idx + 1 == trainer.num_training_batches:
@@ -165,9 +172,8 @@ class PreemptionHandler(pl.Callback):
         trainer._signal_connector.received_sigterm = True  # Lightning raises SIGTERMException after this batch
 
     def teardown(self, trainer: "pl.Trainer", pl_module: Any, stage: str) -> None:
-        if self._work is not None:
-            self._work.wait()  # every rank started it: finish it before the process group goes
-        self._work = self._flag = None
+        while self._pending_works:  # every rank started them: finish them before the process group goes
+            self._pending_works.popleft()[1].wait()
 
 
 def newest_hpc_checkpoint(folder: str | os.PathLike) -> str | None:
