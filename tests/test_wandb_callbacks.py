@@ -251,4 +251,5 @@ def test_the_run_flushes_every_second_unless_the_user_says_otherwise(shapes_conf
     assert logger.experiment.settings.x_transaction_log_flush_interval == expected
     assert logger.experiment.settings._offline  # what offline=True asked for
     logger.experiment.finish()
-    assert [row["train/loss"] > 0 for row in history(read_records(find_run_file(tmp_path))) if "train/loss" in row]
+    losses = [row["train/loss"] for row in history(read_records(find_run_file(tmp_path))) if "train/loss" in row]
+    assert losses and all(loss > 0 for loss in losses), losses
