@@ -12,7 +12,7 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
-	$(PY) -m pytest -p tests.lightning_first -m both_packages
+	$(PY) -m pytest -p tests.helpers.lightning_first -m both_packages
 
 bench: setup
 	$(PY) benchmarks/train_overhead.py

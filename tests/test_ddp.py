@@ -18,16 +18,16 @@ from mmdet_lightning.callbacks import DetectionWriter
 from mmdet_lightning.lightning_package import pl
 from mmdet_lightning.wandb.records import artifacts, find_run_file, history, logged_table, read_records
 
-from .user_env import run_as_user
+from .helpers.user_env import run_as_user
 
-TESTS = Path(__file__).parent
+HELPERS = Path(__file__).parent / "helpers"
 
 
 def _run_script(name: str, out: Path, *args: Any) -> subprocess.CompletedProcess:
-    """``tests/<name> out args...`` in a fresh process, as a new user's shell runs it (no W&B account or
+    """``tests/helpers/<name> out args...`` in a fresh process, as a new user's shell runs it (no W&B account or
     WANDB_MODE: the script's WandbLogger(offline=True) decides), stdin closed."""
     out.mkdir(parents=True, exist_ok=True)
-    return run_as_user(["python", str(TESTS / name), str(out), *map(str, args)], cwd=out, timeout=900)
+    return run_as_user(["python", str(HELPERS / name), str(out), *map(str, args)], cwd=out, timeout=900)
 
 
 def _predictions_by_image(path: Path) -> dict[int, list[tuple[int, float]]]:

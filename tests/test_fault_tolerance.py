@@ -1,6 +1,6 @@
 """Fault injection: SIGKILL mid-epoch and SIGTERM, then resume; the run ends as if nothing had happened.
 
-Each training run is a subprocess of ``tests/fault_fit.py`` (Faster R-CNN, 2 epochs of 6 batches, whose
+Each training run is a subprocess of ``tests/helpers/fault_fit.py`` (Faster R-CNN, 2 epochs of 6 batches, whose
 RPN/RCNN samplers and RandomFlip draw from the global generators, so an exact resume needs the random
 states as well as the data position).
 """
@@ -21,9 +21,9 @@ import torch
 from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
 from mmdet_lightning.wandb.records import artifacts, find_run_file, read_records
 
-from .user_env import user_environment
+from .helpers.user_env import user_environment
 
-SCRIPT = Path(__file__).with_name("fault_fit.py")
+SCRIPT = Path(__file__).parent / "helpers" / "fault_fit.py"
 
 
 def _fit(out: Path, data_root: Path, *args: str, **environ: str) -> subprocess.CompletedProcess:

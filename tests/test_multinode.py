@@ -21,11 +21,11 @@ from mmdet_lightning.lightning_package import pl
 from mmdet_lightning.wandb.records import artifacts, find_run_file, history, read_records
 
 from .conftest import CONFIGS, REPO
-from .user_env import explain, user_environment
+from .helpers.user_env import explain, user_environment
 
 YAML = REPO / "configs" / "lightning" / "shapes_faster_rcnn.yaml"
 OUT = Path("work_dirs") / "shapes_faster_rcnn"  # the YAML's folder, relative to each run's working directory
-LAUNCHER = Path(__file__).parent / "multinode_launch.py"
+LAUNCHER = Path(__file__).parent / "helpers" / "multinode_launch.py"
 
 
 def _free_port() -> int:

@@ -1,6 +1,6 @@
 """A short Faster R-CNN fit that can be killed, terminated or resumed; run as a script by test_fault_tolerance.py.
 
-    python tests/fault_fit.py OUT_DIR DATA_ROOT [--kill-at N] [--sigterm-at N] [--resume CKPT] [--wandb]
+    python tests/helpers/fault_fit.py OUT_DIR DATA_ROOT [--kill-at N] [--sigterm-at N] [--resume CKPT] [--wandb]
 
 2 epochs of 6 batches; ModelCheckpoint every 2 iterations (``last.ckpt`` too) and OnExceptionCheckpoint.
 ``--kill-at N`` sends SIGKILL to this process during the backward pass of iteration N (counted from 0);
@@ -25,7 +25,7 @@ from mmdet_lightning.lightning_package import pl
 
 ModelCheckpoint, OnExceptionCheckpoint = pl.callbacks.ModelCheckpoint, pl.callbacks.OnExceptionCheckpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from mmdet_lightning import MMDetDataModule, MMDetModule  # noqa: E402

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from mmdet_lightning.lightning_package import ENV, NAME
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: variables that would tell W&B something a new user's shell does not
 _USER_CHOICES = ("NETRC", "PYTHONWARNINGS")
 
@@ -34,7 +34,7 @@ def user_environment(home: Path, **extra: str) -> dict[str, str]:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     if NAME == "lightning.pytorch":
-        env.setdefault(ENV, "lightning")  # the suite's lightning.pytorch pass (tests/lightning_first.py)
+        env.setdefault(ENV, "lightning")  # the suite's lightning.pytorch pass (tests/helpers/lightning_first.py)
     env.update(extra)
     return env
 
