@@ -6,8 +6,9 @@ a YAML's ``offline: true``, the CLI's fallback without credentials) and write W&
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch

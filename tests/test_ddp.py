@@ -105,8 +105,8 @@ def test_two_processes_give_the_loss_curve_of_one_with_the_same_global_batch(sha
     one, two = curves[1], curves[2]
     assert len(one) == len(two) == 12
     assert two[0] == pytest.approx(one[0], rel=0.02)  # same weights, the same 4 images
-    relative = [abs(a - b) / a for a, b in zip(one, two)]
-    assert max(relative) < 0.03, list(zip(one, two))  # measured: 0.8 % at most
+    relative = [abs(a - b) / a for a, b in zip(one, two, strict=True)]
+    assert max(relative) < 0.03, list(zip(one, two, strict=True))  # measured: 0.8 % at most
     assert one[-1] < one[0] and two[-1] < two[0]
 
 

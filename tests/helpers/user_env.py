@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from mmdet_lightning.lightning_package import ENV, NAME
 
@@ -47,7 +47,8 @@ def run_as_user(args: Sequence[str], cwd: Path, timeout: float = 600, **extra: s
     args = [sys.executable if a == "python" else a for a in args]
     script = Path(sys.executable).parent / "mmdet-lightning"  # the console script that pip installed
     if args[0] == "mmdet-lightning":
-        args = [str(script), *args[1:]] if script.is_file() else [sys.executable, "-m", "mmdet_lightning.cli", *args[1:]]
+        command = [str(script)] if script.is_file() else [sys.executable, "-m", "mmdet_lightning.cli"]
+        args = [*command, *args[1:]]
     return subprocess.run(args, cwd=cwd, env=user_environment(cwd / "home", **extra), stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=timeout)
 
