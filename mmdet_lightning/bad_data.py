@@ -119,7 +119,10 @@ def _leaf_datasets(dataset: Any) -> Iterator[Any]:
 @contextlib.contextmanager
 def audit_annotations(dataset_classes: list[type], report: BadDataReport) -> Iterator[None]:
     """While datasets of these classes are built, report raw COCO-style annotations that mmdet drops
-    silently (zero-area boxes, empty polygons) and image files that do not exist."""
+    silently (zero-area boxes, empty polygons) and image files that do not exist.
+
+    The classes' ``parse_data_info`` is replaced for the block only, and restored after it even on error: mmdet's
+    datasets call it from their own ``full_init`` and take no argument through which to hand in an auditor."""
     patched: list[tuple[Any, Any, bool]] = []
     classes: list[Any] = list(dict.fromkeys(dataset_classes))
     for cls in classes:
