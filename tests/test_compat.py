@@ -322,6 +322,20 @@ def test_drop_dataloader_iterator():
     assert loader._iterator is None
 
 
+def test_module_apply_is_what_to_runs():
+    """Not an entry: MMDetModule overrides torch's private ``nn.Module._apply`` to follow its preprocessor's device;
+    the override only works while ``.to()`` goes through it."""
+    seen = []
+
+    class Probe(nn.Linear):
+        def _apply(self, fn, *args, **kwargs):
+            seen.append(True)
+            return super()._apply(fn, *args, **kwargs)
+
+    Probe(1, 1).to(torch.float64)
+    assert seen
+
+
 def test_pickle_globals():
     found = dict((name, function) for function, name in numpy_compat.pickle_globals())
     assert any(name.endswith("multiarray._reconstruct") for name in found)
