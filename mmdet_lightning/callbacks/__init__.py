@@ -15,12 +15,12 @@ Example::
 """
 
 from ..wandb import (
-                     MMDetWandbCallback,
-                     WandbCheckpointArtifacts,
-                     WandbDetectionTables,
-                     WandbEvalAnalytics,
-                     WandbIntervalMetrics,
-                     wandb_run_id,
+    MMDetWandbCallback,
+    WandbCheckpointArtifacts,
+    WandbDetectionTables,
+    WandbEvalAnalytics,
+    WandbIntervalMetrics,
+    wandb_run_id,
 )
 from .custom_hooks import callbacks_from_config
 from .ema import ModelEMA
