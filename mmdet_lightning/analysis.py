@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ClassAP", "PRCurves", "class_ap", "class_names", "pr_curves", "confusion_matrix", "empty_coco_eval", "toy_coco_eval"]
+__all__ = ["ClassAP", "PRCurves", "class_ap", "class_names", "pr_curves", "confusion_matrix", "empty_coco_eval",
+           "toy_coco_eval"]
 
 
 @dataclass
@@ -93,7 +94,7 @@ def class_ap(coco_eval: Any, score_thr: float = 0.3) -> list[ClassAP]:
     num_det = Counter(a["category_id"] for a in _anns(coco_eval.cocoDt, img_ids) if a.get("score", 1.0) > score_thr)
     at = [_iou_index(coco_eval, iou) for iou in (0.5, 0.75)]
     rows = []
-    for k, (cat_id, name) in enumerate(zip(coco_eval.params.catIds, class_names(coco_eval))):
+    for k, (cat_id, name) in enumerate(zip(coco_eval.params.catIds, class_names(coco_eval), strict=True)):
         ap50, ap75 = (None if i is None else _mean_valid(precision[i, :, k, 0, -1]) for i in at)
         rows.append(ClassAP(name=name, ap=_mean_valid(precision[:, :, k, 0, -1]), ap50=ap50, ap75=ap75,
                             num_gt=num_gt[cat_id], num_det=num_det[cat_id]))

@@ -23,7 +23,8 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .lightning_package import pl
 
@@ -118,9 +119,13 @@ def _leaf_datasets(dataset: Any) -> Iterator[Any]:
 @contextlib.contextmanager
 def audit_annotations(dataset_classes: list[type], report: BadDataReport) -> Iterator[None]:
     """While datasets of these classes are built, report raw COCO-style annotations that mmdet drops
-    silently (zero-area boxes, empty polygons) and image files that do not exist."""
-    patched: list[tuple[type, Any, bool]] = []
-    for cls in dict.fromkeys(dataset_classes):
+    silently (zero-area boxes, empty polygons) and image files that do not exist.
+
+    The classes' ``parse_data_info`` is replaced for the block only, and restored after it even on error: mmdet's
+    datasets call it from their own ``full_init`` and take no argument through which to hand in an auditor."""
+    patched: list[tuple[Any, Any, bool]] = []
+    classes: list[Any] = list(dict.fromkeys(dataset_classes))
+    for cls in classes:
         original = getattr(cls, "parse_data_info", None)
         if original is None:
             continue

@@ -17,12 +17,16 @@ import logging
 import os
 import pickle
 import zipfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
+
+from ._compat import mmengine as mmengine_compat
+from ._compat import numpy as numpy_compat
 
 __all__ = ["CheckpointDamagedError", "LoadReport", "TRUST_ENV", "UnsafeCheckpointError", "load_checkpoint_file",
            "load_detector_weights", "read_state_dict", "safe_checkpoint_types", "to_mmdet_checkpoint"]
@@ -44,11 +48,7 @@ class CheckpointDamagedError(RuntimeError):
 def _numpy_globals() -> list[Any]:
     import numpy as np
 
-    found: list[Any] = [np.ndarray, np.dtype]
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # NumPy 1.x and 2.x pickle paths
-        with contextlib.suppress(ImportError, AttributeError):
-            multiarray = __import__(module, fromlist=["scalar"])
-            found += [(multiarray.scalar, f"{module}.scalar"), (multiarray._reconstruct, f"{module}._reconstruct")]
+    found: list[Any] = [np.ndarray, np.dtype, *numpy_compat.pickle_globals()]  # NumPy 1.x and 2.x pickle paths
     dtypes = getattr(np, "dtypes", None)  # NumPy >= 1.25 pickles dtypes as numpy.dtypes.<Name>DType
     if dtypes is not None:
         found += [getattr(dtypes, name) for name in dir(dtypes) if name.endswith("DType")]
@@ -60,7 +60,7 @@ def _history_buffer_method(owner: Any, name: str) -> Any:
     ``HistoryBuffer`` (``min``, ``max``, ``mean``, ``current``), which its pickled state references."""
     from mmengine.logging import HistoryBuffer
 
-    methods = {"min", "max", "current", "mean", *HistoryBuffer._statistics_methods}
+    methods = {"min", "max", "current", "mean", *mmengine_compat.history_buffer_statistics_methods()}
     if isinstance(owner, type) and issubclass(owner, HistoryBuffer) and name in methods:
         return getattr(owner, name)
     raise pickle.UnpicklingError(f"getattr({owner!r}, {name!r}) is not allowed in a checkpoint")

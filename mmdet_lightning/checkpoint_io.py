@@ -13,15 +13,19 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._compat import lightning as lightning_compat
 from .checkpoint import load_checkpoint_file
-from .lightning_package import fabric
 
-TorchCheckpointIO = fabric.plugins.io.torch_io.TorchCheckpointIO
+if TYPE_CHECKING:  # type checkers see one package's classes; both have the same API
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+else:
+    TorchCheckpointIO = lightning_compat.torch_checkpoint_io_class()
 
 __all__ = ["CheckpointWriteError", "SafeCheckpointIO"]
 
@@ -43,13 +47,13 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def __init__(self, trust: bool = False) -> None:
         self.trust = trust
 
-    def load_checkpoint(self, path: Any, map_location: Optional[Callable] = lambda storage, loc: storage,
-                        weights_only: Optional[bool] = None) -> dict[str, Any]:
+    def load_checkpoint(self, path: Any, map_location: Callable | None = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
         if "://" in str(path):  # remote: Lightning's own loading (fsspec)
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         return load_checkpoint_file(path, trust=self.trust or weights_only is False, map_location=map_location)
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if "://" in str(path) or storage_options is not None:
             return super().save_checkpoint(checkpoint, path, storage_options=storage_options)
         target = Path(path)

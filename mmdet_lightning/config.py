@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from .tasks.base import is_proposal_head
 
@@ -20,9 +21,10 @@ if TYPE_CHECKING:
 __all__ = ["ConfigLike", "CfgOptions", "load_config", "apply_cfg_options", "parse_cfg_options", "init_mmdet_scope",
            "check_supported_task", "replace_data_root", "set_classes", "apply_env_cfg"]
 
-ConfigLike = Union[str, os.PathLike, Mapping[str, Any], "Config"]
+# Union, not `|`: a runtime alias, and `|` cannot join the "Config" forward reference
+ConfigLike = Union[str, os.PathLike, Mapping[str, Any], "Config"]  # noqa: UP007
 #: ``--cfg-options`` as mmdet's tools take them: ``["optim_wrapper.optimizer.lr=0.01", ...]``, or already a dict
-CfgOptions = Union[Mapping[str, Any], Sequence[str]]
+CfgOptions = Mapping[str, Any] | Sequence[str]
 # top-level keys that mmengine's Runner reads with a default, so they may be set without being in the config
 _RUNNER_KEYS = ("load_from", "resume", "work_dir", "launcher", "randomness", "env_cfg", "auto_scale_lr",
                 "find_unused_parameters", "default_scope", "log_level", "experiment_name")
@@ -55,7 +57,7 @@ def apply_env_cfg(cfg: Mapping[str, Any]) -> None:
     cv2.setNumThreads(int((env_cfg.get("mp_cfg") or {}).get("opencv_num_threads", 0)))
 
 
-def load_config(config: ConfigLike, cfg_options: CfgOptions | None = None) -> "Config":
+def load_config(config: ConfigLike, cfg_options: CfgOptions | None = None) -> Config:
     """Return an mmengine ``Config`` from a path, a dict or a ``Config``, checked for a ``model``.
 
     Args:
@@ -130,7 +132,7 @@ def parse_cfg_options(options: CfgOptions) -> dict[str, Any]:
     return dict(parser.parse_args(["--cfg-options", *items]).cfg_options)
 
 
-def apply_cfg_options(cfg: "Config", options: CfgOptions) -> "Config":
+def apply_cfg_options(cfg: Config, options: CfgOptions) -> Config:
     """Override config values by dotted key, as mmdet's ``tools/train.py --cfg-options`` (in place; returned).
 
     Unlike mmengine, a key that is not in the config is an error naming the nearest existing keys (a typo
@@ -149,7 +151,7 @@ def apply_cfg_options(cfg: "Config", options: CfgOptions) -> "Config":
         >>> apply_cfg_options(cfg, {"optim_wrapper.optimizer.lrr": 0.1})
         Traceback (most recent call last):
         ...
-        ValueError: --cfg-options: `optim_wrapper.optimizer.lrr` is not in the config: `optim_wrapper.optimizer` has no `lrr` (nearest: lr)...
+        ValueError: --cfg-options: `optim_wrapper.optimizer.lrr` is not in the config: ... has no `lrr` (nearest: lr)...
     """
     parsed = parse_cfg_options(options)
     for key in parsed:
@@ -216,7 +218,7 @@ def leaf_dataset_cfgs(cfg: Mapping[str, Any]) -> list[Any]:
     return [cfg]
 
 
-def replace_data_root(cfg: "Config", data_root: str | os.PathLike) -> "Config":
+def replace_data_root(cfg: Config, data_root: str | os.PathLike) -> Config:
     """Point every path under the config's ``data_root`` to ``data_root`` instead (in place; returned).
 
     mmdet configs join ``data_root`` into evaluator ``ann_file`` strings when they are parsed, so the old
@@ -250,7 +252,7 @@ def replace_data_root(cfg: "Config", data_root: str | os.PathLike) -> "Config":
     return cfg
 
 
-def set_classes(cfg: "Config", classes: Sequence[str]) -> "Config":
+def set_classes(cfg: Config, classes: Sequence[str]) -> Config:
     """Train the config's model on ``classes``: ``num_classes`` of every head (RPN heads excluded) and
     ``metainfo.classes`` of every dataset (in place; returned). For fine-tuning a model-zoo config on
     one's own COCO-format data.
@@ -268,7 +270,7 @@ def set_classes(cfg: "Config", classes: Sequence[str]) -> "Config":
     classes = tuple(classes)
 
     def heads(node: Any, key: str = "") -> None:
-        if isinstance(node, Mapping):
+        if isinstance(node, MutableMapping):
             if "num_classes" in node and not is_proposal_head(key, str(node.get("type", ""))):
                 node["num_classes"] = len(classes)
             for child_key, child in node.items():
@@ -278,9 +280,9 @@ def set_classes(cfg: "Config", classes: Sequence[str]) -> "Config":
                 heads(child, key)
 
     def datasets(node: Any) -> None:
-        if isinstance(node, Mapping):
-            if "type" in node and ("ann_file" in node or str(node["type"]).endswith("Dataset")) and "dataset" not in node \
-                    and "datasets" not in node:
+        if isinstance(node, MutableMapping):
+            is_dataset = "ann_file" in node or str(node.get("type", "")).endswith("Dataset")
+            if "type" in node and is_dataset and "dataset" not in node and "datasets" not in node:
                 node["metainfo"] = dict(node.get("metainfo") or {}, classes=classes)
             for child in node.values():
                 datasets(child)

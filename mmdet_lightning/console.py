@@ -21,8 +21,10 @@ import contextlib
 import io
 import logging
 import os
+import weakref
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping, TextIO
+from typing import Any, TextIO
 
 __all__ = ["VERBOSE_ENV", "LOG_FILE_NAME", "verbose", "library_output", "attach_log_file", "metrics_table"]
 
@@ -76,13 +78,23 @@ class _LibraryLog(io.TextIOBase):
 _LOG = _LibraryLog()
 
 
+#: the mmengine loggers already sent to the library log
+_QUIETED: weakref.WeakSet[logging.Logger] = weakref.WeakSet()
+
+
 def _quiet_mmengine_logger() -> None:
     """mmengine's current logger writes to the library log instead of the console (its warnings and errors
-    repeat what our own messages say, every epoch: "The testing results of the whole dataset is empty")."""
+    repeat what our own messages say, every epoch: "The testing results of the whole dataset is empty").
+
+    Process-wide, on purpose, and kept after the first ``library_output`` block: this logger is mmengine's one
+    current instance, which all of mmengine and mmdet log through (``print_log``) from anywhere, not only
+    within our blocks, and what they say there belongs in mmdet.log too. Only its console handlers change
+    (raised to CRITICAL, their records copied to the library log); file handlers and other loggers are left
+    alone, and ``MMDET_LIGHTNING_VERBOSE=1`` leaves everything as mmengine set it."""
     from mmengine.logging import MMLogger
 
     logger = MMLogger.get_current_instance()
-    if getattr(logger, "_mmdet_lightning_quiet", False):
+    if logger in _QUIETED:
         return
     for handler in list(logger.handlers):
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) \
@@ -92,7 +104,7 @@ def _quiet_mmengine_logger() -> None:
             to_file.setLevel(logging.DEBUG)
             logger.addHandler(to_file)
             handler.setLevel(logging.CRITICAL)
-    logger._mmdet_lightning_quiet = True
+    _QUIETED.add(logger)
 
 
 @contextlib.contextmanager

@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from torch.utils.data import DataLoader
 
+from ._compat import lightning as lightning_compat
 from .bad_data import BadDataReport, audit_annotations, guard_pipeline
 from .config import ConfigLike, init_mmdet_scope, leaf_dataset_cfgs, load_config, replace_data_root
 from .console import library_output
@@ -85,7 +87,7 @@ class MMDetDataModule(pl.LightningDataModule):
         self._train_state_to_load: dict[str, Any] | None = None
 
     @classmethod
-    def from_config(cls, config: ConfigLike, **kwargs: Any) -> "MMDetDataModule":
+    def from_config(cls, config: ConfigLike, **kwargs: Any) -> MMDetDataModule:
         """Same as ``MMDetDataModule(config, **kwargs)``."""
         return cls(config, **kwargs)
 
@@ -105,16 +107,15 @@ class MMDetDataModule(pl.LightningDataModule):
                 _check_dataset_paths(key, dataset_cfg)
         trainer = self.trainer
         if stage == "fit" and self.global_batch_size is not None:
-            self._split_global_batch(trainer.world_size if trainer is not None else 1)
-        connector = getattr(trainer, "_accelerator_connector", None) if trainer is not None else None
-        if connector is not None and connector.is_distributed and connector.use_distributed_sampler:
+            self._split_global_batch(self.global_batch_size, trainer.world_size if trainer is not None else 1)
+        if trainer is not None and lightning_compat.sampler_replaced_by_lightning(trainer):
             # Lightning would swap the config's sampler for a DistributedSampler; the config's
             # DefaultSampler / InfiniteSampler shard by rank themselves (mmengine.dist.get_dist_info).
-            connector.use_distributed_sampler = False
+            lightning_compat.keep_config_samplers(trainer)
             rank_zero_info("MMDetDataModule: using the config's samplers per process (use_distributed_sampler=False).")
 
-    def _split_global_batch(self, world_size: int) -> None:
-        per_process, rest = divmod(self.global_batch_size, world_size)
+    def _split_global_batch(self, global_batch_size: int, world_size: int) -> None:
+        per_process, rest = divmod(global_batch_size, world_size)
         if rest or not per_process:
             lower = max(per_process, 1) * world_size
             raise ValueError(

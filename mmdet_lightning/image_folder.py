@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mmdet.registry import DATASETS
 from mmengine.dataset import BaseDataset
 
 __all__ = ["DetImageFolder", "IMAGE_SUFFIXES", "list_images"]
@@ -29,11 +30,13 @@ def list_images(folder: str | Path) -> list[Path]:
     return images
 
 
+@DATASETS.register_module()
 class DetImageFolder(BaseDataset):
     """Every image of a folder as an mmdet test sample (``img_path``, ``img_id``), with no annotations.
 
-    Registered in mmdet's ``DATASETS`` as ``DetImageFolder``; ``MMDetDataModule(predict_folder=...)``
-    builds it with the config's test pipeline minus ``LoadAnnotations``.
+    Registered in mmdet's ``DATASETS`` as ``DetImageFolder`` when this module is imported (as
+    ``mmdet_lightning.datamodule`` does), so a config can say ``dataset=dict(type="DetImageFolder", folder=...)``;
+    ``MMDetDataModule(predict_folder=...)`` builds it with the config's test pipeline minus ``LoadAnnotations``.
 
     Example::
         >>> import tempfile

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 from jsonargparse import get_loader, set_loader
@@ -19,9 +20,12 @@ from .module import MMDetModule
 from .wandb._common import run_id_in_checkpoint
 
 Checkpoint = pl.callbacks.Checkpoint
-_cli = import_submodule("cli")
-LightningArgumentParser, LightningCLI, SaveConfigCallback = (_cli.LightningArgumentParser, _cli.LightningCLI,
-                                                              _cli.SaveConfigCallback)
+if TYPE_CHECKING:  # type checkers see one package's classes; both have the same API
+    from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+else:
+    _cli = import_submodule("cli")
+    LightningArgumentParser, LightningCLI, SaveConfigCallback = (_cli.LightningArgumentParser, _cli.LightningCLI,
+                                                                  _cli.SaveConfigCallback)
 rank_zero_info = pl.utilities.rank_zero_info
 
 __all__ = ["MMDetLightningCLI"]
@@ -83,7 +87,7 @@ class MMDetLightningCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {"description": _DESCRIPTION})
         kwargs["parser_kwargs"].setdefault("parser_mode", PARSER_MODE)
         check_one_package("MMDetLightningCLI")
-        super().__init__(MMDetModule, MMDetDataModule, args=args, run=run, **kwargs)
+        super().__init__(MMDetModule, MMDetDataModule, args=cast(Any, args), run=run, **kwargs)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would replace --model.* by the checkpoint's hyperparameters; ours are the resolved
@@ -113,11 +117,11 @@ class MMDetLightningCLI(LightningCLI):
         """The Trainer, with the mmdet config's ``custom_hooks`` as callbacks (``callbacks_from_config``),
         placed before the checkpoint callbacks; a callback type the Trainer already has is not added twice."""
         trainer = super().instantiate_trainer(**kwargs)
-        present = {type(callback) for callback in trainer.callbacks}
-        position = next((i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, Checkpoint)),
-                        len(trainer.callbacks))
+        callbacks: list[pl.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # set by its callback connector
+        present = {type(callback) for callback in callbacks}
+        position = next((i for i, cb in enumerate(callbacks) if isinstance(cb, Checkpoint)), len(callbacks))
         added = [cb for cb in callbacks_from_config(self.model.cfg) if type(cb) not in present]
-        trainer.callbacks[position:position] = added
+        callbacks[position:position] = added
         if added:
             rank_zero_info("custom_hooks -> callbacks: " + ", ".join(type(cb).__name__ for cb in added))
         return trainer
@@ -128,9 +132,10 @@ class MMDetLightningCLI(LightningCLI):
         parser.link_arguments("model.cfg_options", "data.cfg_options")
 
     def before_predict(self) -> None:
-        if not any(isinstance(cb, DetectionWriter) for cb in self.trainer.callbacks):
+        callbacks: list[pl.Callback] = self.trainer.callbacks  # type: ignore[attr-defined]  # set by its connector
+        if not any(isinstance(cb, DetectionWriter) for cb in callbacks):
             output = Path(self.trainer.default_root_dir) / "predictions"
-            self.trainer.callbacks.append(DetectionWriter(output))
+            callbacks.append(DetectionWriter(output))
             rank_zero_info(f"predict: writing results.bbox.json and drawn images to {output}")
 
 

@@ -14,8 +14,9 @@ Example::
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .config import leaf_dataset_cfgs
 from .engine.optimization import plain_optim_wrapper_cfg
@@ -213,7 +214,7 @@ def _flatten(value: Any) -> list[Any]:
     return [value]
 
 
-def shrink_image_sizes(cfg: "Config", max_side: int) -> "Config":
+def shrink_image_sizes(cfg: Config, max_side: int) -> Config:
     """Scale every image size in the pipelines and the data preprocessor's batch augments so that the
     largest is ``max_side`` pixels (in place; returned). Sizes keep their ratios.
 
@@ -245,14 +246,14 @@ def shrink_image_sizes(cfg: "Config", max_side: int) -> "Config":
     return cfg
 
 
-def _has_masks(cfg: "Config") -> bool:
+def _has_masks(cfg: Config) -> bool:
     found = []
     _walk(cfg.train_dataloader, lambda step: found.append(step.get("type") == "LoadAnnotations"
                                                            and bool(step.get("with_mask"))))
     return any(found)
 
 
-def _drop_pretrained(cfg: "Config") -> None:
+def _drop_pretrained(cfg: Config) -> None:
     def visit(node: dict) -> None:
         init_cfg = node.get("init_cfg")
         if isinstance(init_cfg, dict) and (init_cfg.get("type") == "Pretrained" or "checkpoint" in init_cfg):
@@ -269,13 +270,14 @@ def _drop_pretrained(cfg: "Config") -> None:
     cfg.load_from = None
 
 
-def _set_num_classes(cfg: "Config", num_classes: int) -> None:
+def _set_num_classes(cfg: Config, num_classes: int) -> None:
     """``num_classes`` (RPN heads excepted), ``num_things_classes`` and the per-class loss weights."""
 
     def visit(node: dict) -> None:
         old = None
         for key in ("num_classes", "num_things_classes"):
-            if isinstance(node.get(key), int) and node[key] >= 1 and not is_proposal_head("", str(node.get("type", ""))):
+            proposals = is_proposal_head("", str(node.get("type", "")))
+            if isinstance(node.get(key), int) and node[key] >= 1 and not proposals:
                 old = node[key]
                 node[key] = num_classes
 
@@ -292,7 +294,7 @@ def _set_num_classes(cfg: "Config", num_classes: int) -> None:
             _walk(head, visit)
 
 
-def _set_syncbn_to_bn(cfg: "Config") -> None:
+def _set_syncbn_to_bn(cfg: Config) -> None:
     def visit(node: dict) -> None:
         if node.get("type") in ("SyncBN", "MMSyncBN", "NaiveSyncBatchNorm2d"):
             node["type"] = "BN"
@@ -300,7 +302,7 @@ def _set_syncbn_to_bn(cfg: "Config") -> None:
     _walk(cfg.model, visit)
 
 
-def _cap_detections(cfg: "Config", max_per_img: int, nms_pre: int) -> None:
+def _cap_detections(cfg: Config, max_per_img: int, nms_pre: int) -> None:
     """Fewer proposals and detections per image: an untrained model's thousands cost minutes on a CPU."""
 
     def visit(node: dict) -> None:
@@ -314,8 +316,8 @@ def _cap_detections(cfg: "Config", max_per_img: int, nms_pre: int) -> None:
     _walk(cfg.model.get("test_cfg"), visit)
 
 
-def adapt_to_dataset(cfg: "Config", data_root: str | Path, classes: Sequence[str], *, max_side: int = 128,
-                     train_batch_size: int = 2, val_batch_size: int = 2) -> "Config":
+def adapt_to_dataset(cfg: Config, data_root: str | Path, classes: Sequence[str], *, max_side: int = 128,
+                     train_batch_size: int = 2, val_batch_size: int = 2) -> Config:
     """A copy of an mmdet config that trains on the COCO-format dataset at ``data_root`` (the layout of
     :func:`~mmdet_lightning.synthetic.make_shapes_dataset`): datasets become ``CocoDataset``s of ``classes``
     (wrappers such as ``RepeatDataset`` and ``MultiImageMixDataset`` kept, their pipelines kept), the heads
@@ -450,7 +452,7 @@ def _short(err: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _load_adapted(family: str, data_root: str | Path, max_side: int = 128) -> "Config":
+def _load_adapted(family: str, data_root: str | Path, max_side: int = 128) -> Config:
     from mmengine.config import Config
 
     from .config import init_mmdet_scope
@@ -460,9 +462,9 @@ def _load_adapted(family: str, data_root: str | Path, max_side: int = 128) -> "C
     return adapt_to_dataset(Config.fromfile(str(family_config(family))), data_root, CLASSES, max_side=max_side)
 
 
-def _train_validate_predict(cfg: "Config", work_dir: Path, iterations: int) -> tuple[float, int]:
-    from .datamodule import MMDetDataModule
+def _train_validate_predict(cfg: Config, work_dir: Path, iterations: int) -> tuple[float, int]:
     from .callbacks.custom_hooks import callbacks_from_config
+    from .datamodule import MMDetDataModule
     from .lightning_package import pl
     from .module import MMDetModule
 
@@ -489,7 +491,7 @@ def _train_validate_predict(cfg: "Config", work_dir: Path, iterations: int) -> t
     return (losses[-1] if losses else float("nan")), len(samples)
 
 
-def _runner_error(cfg: "Config", work_dir: Path) -> str | None:
+def _runner_error(cfg: Config, work_dir: Path) -> str | None:
     """The error of mmdet's own ``Runner`` training the same config for one short epoch, or None."""
     from mmengine.runner import Runner
 

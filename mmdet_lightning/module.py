@@ -23,18 +23,27 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._compat import lightning as lightning_compat
+from ._compat import mmengine as mmengine_compat
 from .checkpoint import LoadReport, load_detector_weights
 from .config import ConfigLike, apply_env_cfg, load_config, replace_data_root
 from .console import attach_log_file, metrics_table
 from .engine.evaluation_loop import StageEvaluation
 from .engine.invalid_loss import InvalidLoss, InvalidLossCheck
 from .engine.model import build_detector, follow_preprocessor_device
-from .engine.optimization import (ScheduleStepper, build_optim_wrapper, build_param_schedulers, loader_batch_size,
-                                  max_epochs_and_iters, scale_lr)
+from .engine.optimization import (
+    ScheduleStepper,
+    build_optim_wrapper,
+    build_param_schedulers,
+    loader_batch_size,
+    max_epochs_and_iters,
+    scale_lr,
+)
 from .engine.preemption import PreemptionHandler
 from .engine.run_state import RUN_STATE_KEY, restore_run_state, save_run_state
 from .engine.strategy import broadcast_buffers, check_unused_parameters, prepare_strategy
@@ -119,7 +128,8 @@ class MMDetModule(pl.LightningModule):
         for key in ("val_evaluator", "test_evaluator"):
             if self.cfg.get(key) is not None:
                 self.cfg[key] = use_evaluator_backend(self.cfg[key], evaluator_backend)
-        self.model = build_detector(self.cfg)
+        #: the mmdet detector (an mmengine ``BaseModel``)
+        self.model: Any = build_detector(self.cfg)
         load_from = load_from if load_from is not None else self.cfg.get("load_from")
         self.load_report: LoadReport | None = None
         if load_from:
@@ -138,13 +148,13 @@ class MMDetModule(pl.LightningModule):
         self._train_loss_every_step = False
 
     @classmethod
-    def from_config(cls, config: ConfigLike, **kwargs: Any) -> "MMDetModule":
+    def from_config(cls, config: ConfigLike, **kwargs: Any) -> MMDetModule:
         """Same as ``MMDetModule(config, **kwargs)``; reads well beside ``MMDetDataModule.from_config``."""
         return cls(config, **kwargs)
 
     # ------------------------------------------------------------------ what the engine holds
     @property
-    def param_schedulers(self) -> list["_ParamScheduler"]:
+    def param_schedulers(self) -> list[_ParamScheduler]:
         return self.schedules.schedulers
 
     @property
@@ -168,7 +178,7 @@ class MMDetModule(pl.LightningModule):
         return self.task.class_counts(self.model)
 
     # ------------------------------------------------------------------ devices, loggers, callbacks, strategy
-    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "MMDetModule":
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> MMDetModule:
         super()._apply(fn, *args, **kwargs)
         follow_preprocessor_device(self)  # Lightning's .to(device) skips the data preprocessor's own `_device`
         return self
@@ -188,7 +198,8 @@ class MMDetModule(pl.LightningModule):
         """Lightning's default progress bar becomes its throttled twin (:mod:`mmdet_lightning.callbacks.progress_bar`:
         the same bar, updated at most ten times a second instead of after every step; a progress bar passed
         to the Trainer is kept), and SIGTERM / SLURM's requeue signal stop every rank at the same batch with a
-        checkpoint, without Lightning's per-step broadcast (:class:`~mmdet_lightning.engine.preemption.PreemptionHandler`)."""
+        checkpoint, without Lightning's per-step broadcast
+        (:class:`~mmdet_lightning.engine.preemption.PreemptionHandler`)."""
         from .callbacks.progress_bar import replace_default_progress_bar
 
         bar = replace_default_progress_bar(self.trainer.progress_bar_callback)
@@ -196,7 +207,8 @@ class MMDetModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """The config's ``env_cfg``, and the strategy checked and adapted to the model
-        (:func:`~mmdet_lightning.engine.strategy.prepare_strategy`). Runs in every process before DDP wraps the model."""
+        (:func:`~mmdet_lightning.engine.strategy.prepare_strategy`). Runs in every process before DDP wraps the
+        model."""
         attach_log_file(self.trainer.default_root_dir, self.trainer.global_rank)
         apply_env_cfg(self.cfg)
         self.model = prepare_strategy(self.trainer, self.model, self.cfg, self.trust_checkpoint)
@@ -220,7 +232,7 @@ class MMDetModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called after gradients are unscaled under mixed precision, as mmengine's OptimWrapper.step clips.
         if self.optim_wrapper is not None and self.optim_wrapper.clip_grad_kwargs:
-            self.optim_wrapper._clip_grad()
+            mmengine_compat.optim_wrapper_clip_grad(self.optim_wrapper)
 
     # ------------------------------------------------------------------ training
     def on_train_start(self) -> None:
@@ -236,7 +248,8 @@ class MMDetModule(pl.LightningModule):
                            ("max_epochs", max_epochs), ("max_iters", max_iters)):
             hub.update_info(key, value)
         # a checkpoint or early stopping that monitors the training loss reads it after every step
-        self._train_loss_every_step = any(getattr(cb, "monitor", None) == "train/loss" for cb in self.trainer.callbacks)
+        callbacks: list[Any] = getattr(self.trainer, "callbacks", [])
+        self._train_loss_every_step = any(getattr(cb, "monitor", None) == "train/loss" for cb in callbacks)
         dataset = first_dataset(self.trainer.train_dataloader)
         self.evaluation.check_classes(self.model, dataset, "train")
         if hasattr(dataset, "metainfo"):
@@ -264,7 +277,7 @@ class MMDetModule(pl.LightningModule):
 
     def _iteration(self) -> int:
         """Batches trained before the current one (mmengine's ``runner.iter``), across epochs and resumes."""
-        return self.trainer.fit_loop.epoch_loop.batch_progress.total.completed
+        return lightning_compat.fit_batches_completed(self.trainer)
 
     def compute_losses(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The total loss and every logged term of one batch (the task's; override to train differently)."""
@@ -282,14 +295,14 @@ class MMDetModule(pl.LightningModule):
         finite = self.invalid_loss_check.start(loss, distributed=self.trainer.world_size > 1)
         self.manual_backward(wrapper.scale_loss(loss))
         where = f"iteration {self._iteration()} (epoch {self.current_epoch})"
+        optimizer: Any = self.optimizers()
         if not self.invalid_loss_check.passed(finite, log_vars, where):
-            self.optimizers().zero_grad()
+            optimizer.zero_grad()
             return None
         if self._iteration() == 0:
             check_unused_parameters(self.trainer, self.model)
-        wrapper._inner_count += 1
+        mmengine_compat.set_optim_wrapper_inner_count(wrapper, mmengine_compat.optim_wrapper_inner_count(wrapper) + 1)
         if wrapper.should_update():
-            optimizer = self.optimizers()
             optimizer.step()
             optimizer.zero_grad()
         log_vars = {k: v.detach() for k, v in log_vars.items()}
@@ -303,8 +316,9 @@ class MMDetModule(pl.LightningModule):
         in between, as the progress bar shows it, or every step when a callback monitors it. Each ``self.log``
         costs about half a millisecond, a lot beside a 20 ms GPU step. No host synchronisation here (the
         tensors stay on the device). Callbacks see every step's losses in ``outputs["log_vars"]``."""
-        trainer = self.trainer
-        to_loggers_now = trainer._logger_connector.should_update_logs or trainer.fast_dev_run  # Lightning's condition
+        trainer: Any = self.trainer
+        # Lightning's condition for writing to its loggers at this step
+        to_loggers_now = lightning_compat.logger_connector_should_update(trainer) or bool(trainer.fast_dev_run)
         now = time.monotonic()
         if not (to_loggers_now or self._train_loss_every_step or self.schedules.batch_end_pending
                 or now - self._train_loss_logged_at >= self.TRAIN_LOSS_INTERVAL):
@@ -329,7 +343,8 @@ class MMDetModule(pl.LightningModule):
         broadcast_buffers(self.trainer, self.model)
         self.evaluation.start("val", self.trainer.val_dataloaders, self.model)
 
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
+    def validation_step(  # type: ignore[override]
+            self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
         outputs = self.task.predictions_to_float32(self.model.val_step(batch))
         if not self.trainer.sanity_checking:  # a few sanity batches would give a meaningless mAP
             self.evaluation.process("val", outputs, batch)
@@ -342,7 +357,8 @@ class MMDetModule(pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.evaluation.start("test", self.trainer.test_dataloaders, self.model)
 
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
+    def test_step(  # type: ignore[override]
+            self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
         outputs = self.task.predictions_to_float32(self.model.test_step(batch))
         self.evaluation.process("test", outputs, batch)
         return outputs

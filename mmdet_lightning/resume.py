@@ -32,18 +32,17 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .lightning_package import fabric
+from ._compat.lightning import collect_rng_states, set_rng_states
 
-_collect_rng_states, _set_rng_states = (fabric.utilities.seed._collect_rng_states,
-                                        fabric.utilities.seed._set_rng_states)
-
-__all__ = ["ResumableBatchSampler", "ResumableDataLoader", "with_resumable_batches", "message_hub_state", "load_message_hub_state"]
+__all__ = ["ResumableBatchSampler", "ResumableDataLoader", "with_resumable_batches", "message_hub_state",
+           "load_message_hub_state"]
 
 
 class ResumableBatchSampler:
@@ -92,10 +91,10 @@ class ResumableBatchSampler:
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch, batches handed out in it, and the global random states (taken now)."""
-        state: dict[str, Any] = {"batches_done": self.batches_done, "rng": _plain(_collect_rng_states())}
+        state: dict[str, Any] = {"batches_done": self.batches_done, "rng": _plain(collect_rng_states())}
         if self.sampler is not None and hasattr(self.sampler, "epoch"):
             state["epoch"] = int(self.sampler.epoch)
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        rank = _rank()
         state["rank"] = rank
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # every process's generators (Lightning dumps a checkpoint on every rank: collective, once a save)
@@ -109,8 +108,13 @@ class ResumableBatchSampler:
         self._resume = dict(state)
 
 
+def _rank() -> int:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_rank() if distributed else 0
+
+
 def _restore_rng(state: dict[str, Any], new_epoch: bool) -> None:
-    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    rank = _rank()
     by_rank = state.get("rng_by_rank") or []
     if rank < len(by_rank):
         rng = dict(by_rank[rank])  # this process's own generators (checkpoints written under DDP)
@@ -120,7 +124,7 @@ def _restore_rng(state: dict[str, Any], new_epoch: bool) -> None:
         return
     name, keys, pos, has_gauss, gauss = rng["numpy"]
     rng["numpy"] = (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)
-    _set_rng_states(rng)
+    set_rng_states(rng)
     if new_epoch:
         # in the uninterrupted run, creating the new epoch's DataLoader iterator drew its base seed from
         # torch's generator after the checkpoint was written (torch.utils.data.dataloader._BaseDataLoaderIter)

@@ -21,9 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -154,7 +155,8 @@ def _draw_image(cfg: ShapesConfig, rng: np.random.Generator) -> tuple[Image.Imag
 def _write_split(root: Path, split: str, count: int, cfg: ShapesConfig) -> Path:
     split_index = {"train": 0, "val": 1}[split]
     (root / split).mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for index in range(count):
         rng = np.random.default_rng([cfg.seed, split_index, index])
         image, objects = _draw_image(cfg, rng)

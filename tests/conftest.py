@@ -6,8 +6,9 @@ a YAML's ``offline: true``, the CLI's fallback without credentials) and write W&
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -18,8 +19,8 @@ from mmdet_lightning.lightning_package import pl
 from mmdet_lightning.synthetic import CLASSES, ShapesConfig, make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-# imports lightning.pytorch: only for the suite's second pass (`-p tests.lightning_first`), never collected
-collect_ignore = ["lightning_first.py"]
+# imports lightning.pytorch: only for the suite's second pass (`-p tests.helpers.lightning_first`), never collected
+collect_ignore = ["helpers/lightning_first.py"]
 CONFIGS = REPO / "configs" / "mmdet"
 
 

@@ -100,7 +100,8 @@ def mmdet_classwise(root: Path, classes: list[str], predictions: dict[int, dict]
     from mmdet_lightning.evaluation import FastCocoMetric
 
     coco = json.loads((root / "annotations" / "instances_val.json").read_text())
-    metric = {"CocoMetric": CocoMetric, "FastCocoMetric": FastCocoMetric}[metric_type](ann_file=str(root / "annotations" / "instances_val.json"), metric="bbox", classwise=True)
+    metric_class = {"CocoMetric": CocoMetric, "FastCocoMetric": FastCocoMetric}[metric_type]
+    metric = metric_class(ann_file=str(root / "annotations" / "instances_val.json"), metric="bbox", classwise=True)
     metric.dataset_meta = {"classes": tuple(classes)}
     samples = [{"img_id": image["id"], "ori_shape": (image["height"], image["width"]),
                 "pred_instances": predictions[image["id"]]} for image in coco["images"]]
@@ -145,7 +146,7 @@ def test_converters_give_mmdet_numbers(tmp_path: Path, variant: str) -> None:
     assert [r.name for r in rows] == classes and set(printed) == set(classes)
     for row in rows:
         expected = printed[row.name]
-        for ours, theirs in zip((row.ap, row.ap50, row.ap75), expected):
+        for ours, theirs in zip((row.ap, row.ap50, row.ap75), expected, strict=False):
             assert (ours is None) == np.isnan(theirs), (row, expected)
             if ours is not None:
                 assert abs(ours - theirs) <= 1e-3
@@ -153,7 +154,8 @@ def test_converters_give_mmdet_numbers(tmp_path: Path, variant: str) -> None:
         cat_id = next(c["id"] for c in coco["categories"] if c["name"] == row.name)
         assert row.num_gt == sum(a["category_id"] == cat_id and not a["iscrowd"] for a in coco["annotations"])
         label = classes.index(row.name)
-        assert row.num_det == sum(int(((p["labels"] == label) & (p["scores"] > 0.3)).sum()) for p in predictions.values())
+        shown = [int(((p["labels"] == label) & (p["scores"] > 0.3)).sum()) for p in predictions.values()]
+        assert row.num_det == sum(shown)
     if variant == "no_gt":
         assert rows[2].ap is None and rows[2].num_gt == 0 and not rows[2].has_ground_truth and rows[2].num_det > 0
     if variant == "one_class":

@@ -131,8 +131,9 @@ def test_help_reads_well(capsys: pytest.CaptureFixture) -> None:
 
 def test_print_config(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
-        run(["fit", "--config", str(YAML), "--trainer.precision", "bf16-mixed", "--trainer.callbacks+=LearningRateMonitor",
-             "--model.evaluator_backend", "faster_coco_eval", "--print_config"])
+        run(["fit", "--config", str(YAML), "--trainer.precision", "bf16-mixed",
+             "--trainer.callbacks+=LearningRateMonitor", "--model.evaluator_backend", "faster_coco_eval",
+             "--print_config"])
     printed = capsys.readouterr().out
     assert "evaluator_backend: faster_coco_eval" in printed
     assert "precision: bf16-mixed" in printed and "MMDetWandbCallback" in printed and "LearningRateMonitor" in printed

@@ -54,7 +54,7 @@ def _assert_states_close(ours: dict, theirs: dict) -> None:
     assert sorted(ours) == sorted(theirs)
     for key, value in theirs.items():
         if value.is_floating_point():
-            torch.testing.assert_close(ours[key], value, rtol=1e-3, atol=1e-5, msg=lambda m: f"{key}: {m}")
+            torch.testing.assert_close(ours[key], value, rtol=1e-3, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
         else:
             assert torch.equal(ours[key], value), key
 
@@ -196,9 +196,9 @@ def test_pipeline_switch_matches_mmengine_runner(shapes_config: Any, tmp_path: P
     trainer, _ = _fit(cfg, tmp_path, extra=[ours])
     per_epoch = trainer.num_training_batches
     assert len(ours.batches) == len(runner_batches.batches) == EPOCHS * per_epoch
-    for step, (mine, theirs) in enumerate(zip(ours.batches, runner_batches.batches)):
+    for step, (mine, theirs) in enumerate(zip(ours.batches, runner_batches.batches, strict=True)):
         assert len(mine) == len(theirs)
-        for a, b in zip(mine, theirs):
+        for a, b in zip(mine, theirs, strict=True):
             assert torch.equal(a, b), f"iteration {step}"
     assert all(img.shape[-2:] == (96, 96) for batch in ours.batches[per_epoch:] for img in batch)
     assert not any(img.shape[-2:] == (96, 96) for batch in ours.batches[:per_epoch] for img in batch)
@@ -233,8 +233,8 @@ def test_yolox_mode_switch_matches_mmengine_runner(tmp_path: Path) -> None:
     trainer, module = _fit(cfg, tmp_path, extra=[ours], check_val_every_n_epoch=EPOCHS + 1)
     assert [type(cb).__name__ for cb in trainer.callbacks[:3]] == ["YOLOXModeSwitch", "SyncNorm", "ModelEMA"]
     assert len(ours.batches) == len(runner_batches.batches) == EPOCHS * trainer.num_training_batches
-    for step, (mine, theirs) in enumerate(zip(ours.batches, runner_batches.batches)):
-        for a, b in zip(mine, theirs):
+    for step, (mine, theirs) in enumerate(zip(ours.batches, runner_batches.batches, strict=True)):
+        for a, b in zip(mine, theirs, strict=True):
             assert torch.equal(a, b), f"iteration {step}"
     assert module.model.bbox_head.use_l1 and runner.model.bbox_head.use_l1
     assert trainer.train_dataloader.dataset._skip_type_keys == ("Mosaic", "RandomAffine", "MixUp")

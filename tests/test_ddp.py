@@ -18,16 +18,16 @@ from mmdet_lightning.callbacks import DetectionWriter
 from mmdet_lightning.lightning_package import pl
 from mmdet_lightning.wandb.records import artifacts, find_run_file, history, logged_table, read_records
 
-from .user_env import run_as_user
+from .helpers.user_env import run_as_user
 
-TESTS = Path(__file__).parent
+HELPERS = Path(__file__).parent / "helpers"
 
 
 def _run_script(name: str, out: Path, *args: Any) -> subprocess.CompletedProcess:
-    """``tests/<name> out args...`` in a fresh process, as a new user's shell runs it (no W&B account or
+    """``tests/helpers/<name> out args...`` in a fresh process, as a new user's shell runs it (no W&B account or
     WANDB_MODE: the script's WandbLogger(offline=True) decides), stdin closed."""
     out.mkdir(parents=True, exist_ok=True)
-    return run_as_user(["python", str(TESTS / name), str(out), *map(str, args)], cwd=out, timeout=900)
+    return run_as_user(["python", str(HELPERS / name), str(out), *map(str, args)], cwd=out, timeout=900)
 
 
 def _predictions_by_image(path: Path) -> dict[int, list[tuple[int, float]]]:
@@ -105,8 +105,8 @@ def test_two_processes_give_the_loss_curve_of_one_with_the_same_global_batch(sha
     one, two = curves[1], curves[2]
     assert len(one) == len(two) == 12
     assert two[0] == pytest.approx(one[0], rel=0.02)  # same weights, the same 4 images
-    relative = [abs(a - b) / a for a, b in zip(one, two)]
-    assert max(relative) < 0.03, list(zip(one, two))  # measured: 0.8 % at most
+    relative = [abs(a - b) / a for a, b in zip(one, two, strict=True)]
+    assert max(relative) < 0.03, list(zip(one, two, strict=True))  # measured: 0.8 % at most
     assert one[-1] < one[0] and two[-1] < two[0]
 
 

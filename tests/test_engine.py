@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from mmdet_lightning.engine.invalid_loss import InvalidLossCheck
-from mmdet_lightning.engine.optimization import (ScheduleStepper, build_optim_wrapper, build_param_schedulers,
-                                                 max_epochs_and_iters, plain_optim_wrapper_cfg)
+from mmdet_lightning.engine.optimization import (
+    ScheduleStepper,
+    build_optim_wrapper,
+    build_param_schedulers,
+    max_epochs_and_iters,
+    plain_optim_wrapper_cfg,
+)
 
 AMP = dict(type="AmpOptimWrapper", loss_scale="dynamic", dtype="bfloat16",
            optimizer=dict(type="SGD", lr=0.1, momentum=0.9), clip_grad=dict(max_norm=10))

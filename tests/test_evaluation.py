@@ -48,7 +48,7 @@ def synthetic_predictions(ann_file: Path, seed: int = 0, empty_every: int = 7) -
                 labels.append(int(rng.integers(3)))
         bboxes = torch.tensor(np.clip(boxes, 0, [w, h, w, h]) if boxes else np.zeros((0, 4)), dtype=torch.float32)
         masks = torch.zeros((len(boxes), h, w), dtype=torch.bool)
-        for mask, (x0, y0, x1, y1) in zip(masks, bboxes.round().int().tolist()):
+        for mask, (x0, y0, x1, y1) in zip(masks, bboxes.round().int().tolist(), strict=True):
             mask[y0:y1, x0:x1] = True
         samples.append({
             "img_id": image["id"], "ori_shape": (h, w),
@@ -95,7 +95,8 @@ def test_unrounded_stats_agree(crowded_val: Path) -> None:
     detections = []
     for sample in synthetic_predictions(crowded_val, seed=1):
         pred = sample["pred_instances"]
-        for box, score, label in zip(pred["bboxes"].tolist(), pred["scores"].tolist(), pred["labels"].tolist()):
+        columns = (pred["bboxes"].tolist(), pred["scores"].tolist(), pred["labels"].tolist())
+        for box, score, label in zip(*columns, strict=True):
             detections.append({"image_id": sample["img_id"], "category_id": label + 1, "score": score,
                                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
     gt = COCO(str(crowded_val))

@@ -1,6 +1,6 @@
 """Fault injection: SIGKILL mid-epoch and SIGTERM, then resume; the run ends as if nothing had happened.
 
-Each training run is a subprocess of ``tests/fault_fit.py`` (Faster R-CNN, 2 epochs of 6 batches, whose
+Each training run is a subprocess of ``tests/helpers/fault_fit.py`` (Faster R-CNN, 2 epochs of 6 batches, whose
 RPN/RCNN samplers and RandomFlip draw from the global generators, so an exact resume needs the random
 states as well as the data position).
 """
@@ -21,9 +21,9 @@ import torch
 from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
 from mmdet_lightning.wandb.records import artifacts, find_run_file, read_records
 
-from .user_env import user_environment
+from .helpers.user_env import user_environment
 
-SCRIPT = Path(__file__).with_name("fault_fit.py")
+SCRIPT = Path(__file__).parent / "helpers" / "fault_fit.py"
 
 
 def _fit(out: Path, data_root: Path, *args: str, **environ: str) -> subprocess.CompletedProcess:
@@ -162,7 +162,8 @@ def test_cli_fit_ckpt_path_continues_the_wandb_run_of_the_checkpoint(tmp_path: P
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("written, resumed_with", [("pytorch_lightning", "lightning"), ("lightning", "pytorch_lightning")])
+@pytest.mark.parametrize("written, resumed_with",
+                         [("pytorch_lightning", "lightning"), ("lightning", "pytorch_lightning")])
 def test_a_checkpoint_resumes_under_the_other_lightning_package(
         small_shapes: Path, uninterrupted: dict[str, Any], tmp_path: Path, written: str, resumed_with: str) -> None:
     """A job written with ``import pytorch_lightning`` resumed by one that imports ``lightning`` (a user who
@@ -173,6 +174,7 @@ def test_a_checkpoint_resumes_under_the_other_lightning_package(
     resumed = _fit(tmp_path / "resumed", small_shapes, "--resume", str(last), MMDET_LIGHTNING_PACKAGE=resumed_with)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = torch.load(tmp_path / "resumed" / "final.pt", weights_only=False)
-    assert result["package"] == {"lightning": "lightning.pytorch", "pytorch_lightning": "pytorch_lightning"}[resumed_with]
+    expected = {"lightning": "lightning.pytorch", "pytorch_lightning": "pytorch_lightning"}[resumed_with]
+    assert result["package"] == expected
     assert sorted(result["lrs"]) == [8, 9, 10, 11]
     _assert_same_run_end(result, uninterrupted)

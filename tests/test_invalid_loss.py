@@ -35,11 +35,13 @@ class StepSnapshot(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if pl_module._iteration() == NAN_AT:
-            self.before = ({k: p.detach().clone() for k, p in pl_module.model.named_parameters()}, copy.deepcopy(trainer.optimizers[0].state_dict()))
+            self.before = ({k: p.detach().clone() for k, p in pl_module.model.named_parameters()},
+                           copy.deepcopy(trainer.optimizers[0].state_dict()))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if pl_module._iteration() == NAN_AT:
-            self.after = ({k: p.detach().clone() for k, p in pl_module.model.named_parameters()}, copy.deepcopy(trainer.optimizers[0].state_dict()))
+            self.after = ({k: p.detach().clone() for k, p in pl_module.model.named_parameters()},
+                          copy.deepcopy(trainer.optimizers[0].state_dict()))
 
 
 def _trainer(tmp_path: Any, callbacks: list | None = None) -> pl.Trainer:

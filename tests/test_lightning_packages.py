@@ -16,7 +16,7 @@ from mmdet_lightning.lightning_package import ENV
 from mmdet_lightning.wandb.records import artifacts, find_run_file, history, read_records
 
 from .conftest import CONFIGS
-from .user_env import explain, run_as_user
+from .helpers.user_env import explain, run_as_user
 
 # the README's example (`import lightning as L`, or `import pytorch_lightning as L`), made small: fit, validate and
 # predict, W&B offline

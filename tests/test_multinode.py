@@ -21,11 +21,11 @@ from mmdet_lightning.lightning_package import pl
 from mmdet_lightning.wandb.records import artifacts, find_run_file, history, read_records
 
 from .conftest import CONFIGS, REPO
-from .user_env import explain, user_environment
+from .helpers.user_env import explain, user_environment
 
 YAML = REPO / "configs" / "lightning" / "shapes_faster_rcnn.yaml"
 OUT = Path("work_dirs") / "shapes_faster_rcnn"  # the YAML's folder, relative to each run's working directory
-LAUNCHER = Path(__file__).parent / "multinode_launch.py"
+LAUNCHER = Path(__file__).parent / "helpers" / "multinode_launch.py"
 
 
 def _free_port() -> int:
@@ -55,7 +55,7 @@ def _start_nodes(commands: list[list[str]], cwd: Path) -> None:
         for node in nodes:
             if node.poll() is None:
                 node.kill()
-    for node, output in zip(nodes, outputs):
+    for node, output in zip(nodes, outputs, strict=False):
         assert node.returncode == 0, explain(subprocess.CompletedProcess(node.args, node.returncode, output, ""))
 
 
@@ -82,7 +82,8 @@ def _check_like_one_node(out: Path, reference: Path, shapes_root: Path) -> None:
     ours, theirs = (load_checkpoint_file(p / "checkpoints" / "last.ckpt") for p in (out, reference))
     assert ours["global_step"] == theirs["global_step"] == 2  # the same iterations ...
     for key, value in theirs["state_dict"].items():  # ... on the same data split: the same weights
-        torch.testing.assert_close(ours["state_dict"][key], value, rtol=1e-4, atol=1e-6, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(ours["state_dict"][key], value, rtol=1e-4, atol=1e-6,
+                                   msg=lambda m, key=key: f"{key}: {m}")
 
     logged_map = [row["coco/bbox_mAP"] for row in history(records) if "coco/bbox_mAP" in row]
     assert len(logged_map) == 1 and logged_map[0] > 0

@@ -1,6 +1,6 @@
 """Preemption under DDP: a signal at any moment stops both processes at the same batch with a checkpoint, and
 the resumed run ends as an uninterrupted one, in the same W&B run. Two CPU processes (gloo), Lightning's launcher,
-each run a fresh process as a user's job is (``tests/preempt_fit.py``)."""
+each run a fresh process as a user's job is (``tests/helpers/preempt_fit.py``)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import torch
 
 from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
 from mmdet_lightning.wandb.records import artifacts, read_records
-from .user_env import explain, run_as_user
 
-SCRIPT = Path(__file__).with_name("preempt_fit.py")
+from .helpers.user_env import explain, run_as_user
+
+SCRIPT = Path(__file__).parent / "helpers" / "preempt_fit.py"
 
 
 def _fit(out: Path, data_root: Path, *args: str) -> Any:
@@ -75,7 +76,7 @@ def test_a_signal_stops_every_rank_at_one_batch_and_the_resume_ends_as_uninterru
                                                                                       weights_only=False)
     for key, value in theirs["state_dict"].items():
         assert torch.equal(ours["state_dict"][key], value), key
-    for a, b in zip(ours["optimizer"]["state"].values(), theirs["optimizer"]["state"].values()):
+    for a, b in zip(ours["optimizer"]["state"].values(), theirs["optimizer"]["state"].values(), strict=True):
         assert all(torch.equal(a[k], b[k]) for k in b)
     for r in (0, 1):
         assert _iterations(tmp_path, r) == _iterations(reference, r)  # every iteration's LR and loss, both ranks

@@ -91,14 +91,15 @@ def test_trainer_matches_mmengine_runner(shapes_config: Any, tmp_path: Any, trai
     assert lrs[0] < lrs[WARMUP_ITERS] and lrs[-1] < lrs[WARMUP_ITERS]  # warm-up and steps happened
 
     assert [sorted(d) for d in trainer_rec.losses] == [sorted(d) for d in runner_rec.losses]
-    for step, (ours, theirs) in enumerate(zip(trainer_rec.losses, runner_rec.losses)):
+    for step, (ours, theirs) in enumerate(zip(trainer_rec.losses, runner_rec.losses, strict=True)):
         for key in theirs:
             assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), f"iteration {step}: {key}"
 
     ours_state = module.model.state_dict()
     for key, value in runner_state.items():
         if value.is_floating_point():
-            torch.testing.assert_close(ours_state[key], value, rtol=1e-3, atol=1e-5, msg=lambda m: f"{key}: {m}")
+            torch.testing.assert_close(ours_state[key], value, rtol=1e-3, atol=1e-5,
+                                       msg=lambda m, key=key: f"{key}: {m}")
     assert runner_map > 0.05
     assert abs(trainer_map - runner_map) <= 1e-3
     assert np.isfinite(trainer_map)

@@ -51,7 +51,8 @@ def test_a_registered_task_is_asked_first() -> None:
 
 def test_proposal_heads_are_one_rule() -> None:
     assert is_proposal_head("rpn_head") and is_proposal_head("model.rpn_head.rpn_conv")
-    assert is_proposal_head("neck", "CascadeRPNHead") and not is_proposal_head("roi_head.bbox_head", "Shared2FCBBoxHead")
+    assert is_proposal_head("neck", "CascadeRPNHead")
+    assert not is_proposal_head("roi_head.bbox_head", "Shared2FCBBoxHead")
 
 
 def test_class_counts_skip_the_rpn(shapes_config: Any) -> None:
@@ -68,7 +69,8 @@ def test_predictions_to_float32_casts_every_floating_field() -> None:
 
     sample = DetDataSample()
     sample.pred_instances = InstanceData(bboxes=torch.ones(2, 4, dtype=torch.bfloat16),
-                                         scores=torch.ones(2, dtype=torch.float16), labels=torch.zeros(2, dtype=torch.long))
+                                         scores=torch.ones(2, dtype=torch.float16),
+                                         labels=torch.zeros(2, dtype=torch.long))
     (out,) = DetectionTask().predictions_to_float32([sample])
     assert out.pred_instances.bboxes.dtype == torch.float32 and out.pred_instances.scores.dtype == torch.float32
     assert out.pred_instances.labels.dtype == torch.long

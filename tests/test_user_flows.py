@@ -16,7 +16,7 @@ import yaml
 from mmdet_lightning.wandb.records import artifacts, find_run_file, history, read_records
 
 from .conftest import CONFIGS
-from .user_env import REPO, explain, run_as_user
+from .helpers.user_env import REPO, explain, run_as_user
 
 YAMLS = sorted((REPO / "configs" / "lightning").glob("*.yaml"))
 # what must never reach the console by default (it goes to mmdet.log)

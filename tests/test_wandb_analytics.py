@@ -59,8 +59,8 @@ class MMDetRecorder(pl.Callback):
         self.evals.append({
             "printed": _classwise_tables(self.lines), "metrics": dict(pl_module.last_eval_metrics),
             "precision": {k: ev.eval["precision"].copy() for k, ev in pl_module.last_coco_eval.items()},
-            "tool": _tool_counts(first_dataset(trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders),
-                                 self.predictions)})
+            "tool": _tool_counts(first_dataset(trainer.test_dataloaders if trainer.testing
+                                               else trainer.val_dataloaders), self.predictions)})
 
     on_validation_end = on_test_end = _end
 
@@ -119,10 +119,10 @@ def _check_per_class(table: dict[str, Any], printed: list[dict[str, list[float]]
                        "num_gt", "num_det", "note"]
     assert [row[0] for row in table["data"]] == list(printed[0])
     for row in table["data"]:
-        for k, iou_type in enumerate(iou_types):
+        for k in range(len(iou_types)):
             ours = row[1 + 3 * k: 4 + 3 * k]
             theirs = printed[k][row[0]]
-            for a, b in zip(ours, theirs):
+            for a, b in zip(ours, theirs, strict=False):
                 assert (a is None) == np.isnan(b)
                 assert a is None or abs(a - b) <= 1e-3, (row, theirs)
         assert (row[-1] == "no ground truth") == (row[-3] == 0)

@@ -94,7 +94,7 @@ def test_detection_run_logs_what_the_hook_logged(shapes_config: Any, trained_che
     # checkpoint artifacts: one version a checkpoint, aliases, metadata from the validation before it
     models = _versions(records, "_model")
     assert [m.name for m in models] == [f"run_{run_id}_model"] * 2 and {m.type for m in models} == {"model"}
-    for epoch, (model, metrics) in enumerate(zip(models, evals), start=1):
+    for epoch, (model, metrics) in enumerate(zip(models, evals, strict=False), start=1):
         # `best` goes with a version that is the best so far; W&B then moves the alias to it
         best_so_far = all(metrics["coco/bbox_mAP"] > m["coco/bbox_mAP"] for m in evals[: epoch - 1])
         expected = {f"epoch_{epoch}", "latest"} | ({"best"} if best_so_far else set())
@@ -251,4 +251,5 @@ def test_the_run_flushes_every_second_unless_the_user_says_otherwise(shapes_conf
     assert logger.experiment.settings.x_transaction_log_flush_interval == expected
     assert logger.experiment.settings._offline  # what offline=True asked for
     logger.experiment.finish()
-    assert [row["train/loss"] > 0 for row in history(read_records(find_run_file(tmp_path))) if "train/loss" in row]
+    losses = [row["train/loss"] for row in history(read_records(find_run_file(tmp_path))) if "train/loss" in row]
+    assert losses and all(loss > 0 for loss in losses), losses

@@ -14,8 +14,14 @@ Example::
     ['SyncNorm']
 """
 
-from ..wandb import (MMDetWandbCallback, WandbCheckpointArtifacts, WandbDetectionTables, WandbEvalAnalytics,
-                     WandbIntervalMetrics, wandb_run_id)
+from ..wandb import (
+    MMDetWandbCallback,
+    WandbCheckpointArtifacts,
+    WandbDetectionTables,
+    WandbEvalAnalytics,
+    WandbIntervalMetrics,
+    wandb_run_id,
+)
 from .custom_hooks import callbacks_from_config
 from .ema import ModelEMA
 from .pipeline_switch import PipelineSwitch, YOLOXModeSwitch

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._compat import lightning as lightning_compat
 from ..lightning_package import pl
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class ModelEMA(pl.Callback):
     def _started(self, trainer: pl.Trainer) -> bool:
         if self.begin_epoch:
             return trainer.current_epoch + 1 >= self.begin_epoch
-        iteration = trainer.fit_loop.epoch_loop.batch_progress.total.completed  # mmengine's runner.iter
+        iteration = lightning_compat.fit_batches_completed(trainer)  # mmengine's runner.iter
         return iteration + 1 >= self.begin_iter
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -103,9 +104,9 @@ class ModelEMA(pl.Callback):
         averaged, source = self.ema_model.module, self._source(pl_module)
         if self.ema_model.update_buffers:
             pairs = zip(itertools.chain(averaged.parameters(), averaged.buffers()),
-                        itertools.chain(source.parameters(), source.buffers()))
+                        itertools.chain(source.parameters(), source.buffers()), strict=True)
         else:
-            pairs = zip(averaged.parameters(), source.parameters())
+            pairs = zip(averaged.parameters(), source.parameters(), strict=True)
         for p_avg, p_src in pairs:
             kept = p_avg.data.clone()
             p_avg.data.copy_(p_src.data)

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
+from .._compat import lightning as lightning_compat
+from .._compat import torch as torch_compat
 from ..lightning_package import pl
 from ..utilities import first_dataset
 
@@ -37,11 +40,12 @@ class _EpochSwitch(pl.Callback):
         self.switch(trainer, pl_module, first_dataset(loader))
         self._has_switched = True
         if getattr(loader, "persistent_workers", False):
-            loader._iterator = None  # workers hold a copy of the dataset: start new ones (as mmdet does)
+            # workers hold a copy of the dataset: start new ones (as mmdet does)
+            torch_compat.drop_dataloader_iterator(loader)
         if trainer.current_epoch == self._first_epoch:
             # Lightning made this epoch's iterator (and prefetched a batch) before `on_train_epoch_start`
             # when the run started or resumed: make it again, from the switched pipeline
-            iter(trainer.fit_loop._data_fetcher)
+            lightning_compat.restart_train_data_fetcher(trainer)
 
 
 class PipelineSwitch(_EpochSwitch):
@@ -90,6 +94,6 @@ class YOLOXModeSwitch(_EpochSwitch):
         rank_zero_info(f"YOLOXModeSwitch: epoch {trainer.current_epoch}: no {', '.join(self.skip_type_keys)} "
                        "from now on; L1 loss added.")
         dataset.update_skip_type_keys(self.skip_type_keys)
-        model = getattr(pl_module, "model", pl_module)
+        model: Any = getattr(pl_module, "model", pl_module)
         model = getattr(model, "detector", model)
         model.bbox_head.use_l1 = True

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..lightning_package import pl
+from ..tasks import DetectionTask, Task, task_of
 from ..utilities import first_dataset, gather_objects
 from ..wandb._common import check_unit_interval
-from ..tasks import DetectionTask, Task, task_of
 
 BasePredictionWriter = pl.callbacks.BasePredictionWriter
 
@@ -65,10 +66,11 @@ class DetectionWriter(BasePredictionWriter):
             everything = self._task.predicted_instances(sample, -1.0)
             if everything is None:
                 continue
+            assert everything.scores is not None  # predictions always have scores
             image_id = sample.metainfo.get("img_id")
             results = self._results.setdefault(image_id, [])
             for box, label, score in zip(everything.boxes.tolist(), everything.labels.tolist(),
-                                         everything.scores.tolist()):
+                                         everything.scores.tolist(), strict=True):
                 category = self._cat_ids[label] if label < len(self._cat_ids) else label + 1
                 results.append({"image_id": image_id, "category_id": int(category), "score": float(score),
                                      "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
@@ -80,16 +82,19 @@ class DetectionWriter(BasePredictionWriter):
 
         path = Path(sample.metainfo["img_path"])
         shown = self._task.predicted_instances(sample, self.score_thr)
+        if shown is None:
+            return
         with Image.open(path) as source:
             image = source.convert("RGB")
         if shown.masks is not None and len(shown.masks):
             pixels = np.asarray(image).copy()
-            for mask, label in zip(shown.masks, shown.labels.tolist()):
+            for mask, label in zip(shown.masks, shown.labels.tolist(), strict=True):
                 colour = np.array(_COLOURS[label % len(_COLOURS)], dtype=np.float32)
                 pixels[mask] = (0.5 * pixels[mask] + 0.5 * colour).astype(np.uint8)
             image = Image.fromarray(pixels)
         draw = ImageDraw.Draw(image)
-        for box, label, score in zip(shown.boxes.tolist(), shown.labels.tolist(), shown.scores.tolist()):
+        assert shown.scores is not None  # predictions always have scores
+        for box, label, score in zip(shown.boxes.tolist(), shown.labels.tolist(), shown.scores.tolist(), strict=True):
             colour = _COLOURS[label % len(_COLOURS)]
             name = self._classes[label] if label < len(self._classes) else str(label)
             draw.rectangle(box, outline=colour, width=2)

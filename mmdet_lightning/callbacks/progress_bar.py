@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .._compat import lightning as compat
 from ..lightning_package import pl
 
 TQDMProgressBar = pl.callbacks.TQDMProgressBar
@@ -66,7 +67,7 @@ class MMDetProgressBar(_Throttle, TQDMProgressBar):
         self._init_throttle(min_interval)
 
     def _should_update(self, current: int, total: int) -> bool:
-        return super()._should_update(current, total) and self._due(current, total)
+        return compat.tqdm_should_update(self, current, total) and self._due(current, total)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -74,7 +75,7 @@ class MMDetProgressBar(_Throttle, TQDMProgressBar):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        bar = self._train_progress_bar
+        bar = compat.tqdm_train_progress_bar(self)
         if bar is not None and not bar.disable and bar.n != self._train_batches_done:  # stopped between updates
             bar.n = self._train_batches_done
             bar.set_postfix(self.get_metrics(trainer, pl_module))
@@ -113,8 +114,8 @@ class MMDetRichProgressBar(_Throttle, RichProgressBar):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.train_progress_bar_id is not None:  # draw where training stopped, between two updates
-            self._update(self.train_progress_bar_id, self._train_batches_done)
-            self._update_metrics(trainer, pl_module)
+            compat.rich_update(self, self.train_progress_bar_id, self._train_batches_done)
+            compat.rich_update_metrics(self, trainer, pl_module)
         super().on_train_end(trainer, pl_module)
 
 
@@ -128,9 +129,11 @@ def replace_default_progress_bar(bar: Any) -> pl.callbacks.ProgressBar | None:
         >>> replace_default_progress_bar(TQDMProgressBar(refresh_rate=10)) is None
         True
     """
-    if type(bar) is TQDMProgressBar and bar.refresh_rate == 1 and bar.process_position == 0 and not bar._leave:
+    if type(bar) is TQDMProgressBar and bar.refresh_rate == 1 and bar.process_position == 0 \
+            and not compat.progress_bar_leave(bar):
         return MMDetProgressBar()
-    if (type(bar) is RichProgressBar and bar.refresh_rate == 100 and not bar._leave and not bar._console_kwargs
+    if (type(bar) is RichProgressBar and bar.refresh_rate == 100 and not compat.progress_bar_leave(bar)
+            and not compat.rich_console_kwargs(bar)
             and bar.theme == RichProgressBarTheme()):
         return MMDetRichProgressBar()
     return None

@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._compat import mmdet as mmdet_compat
 from ..console import library_output
 from ..evaluation import record_coco_evals
 from ..lightning_package import pl
@@ -38,7 +40,7 @@ class StageEvaluation:
         ValueError: The config has no `val_evaluator`; add one, e.g. dict(type='CocoMetric', ...).
     """
 
-    def __init__(self, cfg: Mapping[str, Any], task: "Task") -> None:
+    def __init__(self, cfg: Mapping[str, Any], task: Task) -> None:
         self.cfg = cfg
         self.task = task
         self._evaluators: dict[str, Evaluator] = {}
@@ -49,19 +51,18 @@ class StageEvaluation:
         #: that evaluated (rank 0); empty elsewhere and for evaluators without a ``CocoMetric``
         self.last_coco_eval: dict[str, Any] = {}
 
-    def evaluator(self, stage: str) -> "Evaluator":
+    def evaluator(self, stage: str) -> Evaluator:
         if stage not in self._evaluators:
             from mmengine.evaluator import Evaluator
             from mmengine.registry import EVALUATOR
 
-            cfg = self.cfg.get(f"{stage}_evaluator") or self.cfg.get("val_evaluator")
+            cfg: Any = self.cfg.get(f"{stage}_evaluator") or self.cfg.get("val_evaluator")
             if cfg is None:
                 raise ValueError(f"The config has no `{stage}_evaluator`; add one, e.g. dict(type='CocoMetric', ...).")
             cfg = copy.deepcopy(cfg)
             with library_output():  # CocoMetric loads its annotation file with pycocotools' prints
                 if isinstance(cfg, Mapping) and "metrics" in cfg:  # as mmengine's Runner.build_evaluator
-                    cfg.setdefault("type", "Evaluator")
-                    self._evaluators[stage] = EVALUATOR.build(cfg)
+                    self._evaluators[stage] = EVALUATOR.build({"type": "Evaluator", **cfg})
                 else:
                     self._evaluators[stage] = Evaluator(cfg)
         return self._evaluators[stage]
@@ -106,14 +107,15 @@ class StageEvaluation:
         """The first ``CocoMetric``'s evaluations by IoU type; where it had no detection to evaluate, an
         evaluation of none (mmdet's metric stops before building it). Only on the rank that evaluated."""
         found = {ev.params.iouType: _slim(ev) for ev in coco_evals if getattr(ev.params, "useCats", 1)}
-        metric = next((m for m in self.evaluator(stage).metrics if hasattr(m, "_coco_api")), None)
-        if metric is None or not is_global_zero or metric._coco_api is None or metric.format_only:
+        metric = mmdet_compat.find_coco_metric(self.evaluator(stage).metrics)
+        coco_api = mmdet_compat.coco_metric_api(metric) if metric is not None else None
+        if metric is None or not is_global_zero or coco_api is None or metric.format_only:
             return found
         from ..analysis import empty_coco_eval
 
         for kind in metric.metrics:
             if kind in ("bbox", "segm") and kind not in found:
-                found[kind] = empty_coco_eval(metric._coco_api, metric.cat_ids, metric.img_ids, kind,
+                found[kind] = empty_coco_eval(coco_api, metric.cat_ids, metric.img_ids, kind,
                                               metric.iou_thrs, metric.proposal_nums)
         return found
 

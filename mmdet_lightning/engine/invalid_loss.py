@@ -7,7 +7,8 @@ reads it: the decision is shared by every process (a step skipped on one rank on
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 

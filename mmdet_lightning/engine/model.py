@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
+from .._compat import mmengine as mmengine_compat
 from ..config import init_mmdet_scope
 from ..console import library_output
 
 __all__ = ["build_detector", "follow_preprocessor_device"]
 
 
-def build_detector(cfg: Mapping[str, Any]) -> torch.nn.Module:
+def build_detector(cfg: Mapping[str, Any]) -> Any:
     """The config's ``model`` (with a top-level ``data_preprocessor`` merged in, as ``Runner.__init__`` does),
     built in mmdet's registry scope, its weights initialised (``init_weights``; the report goes to mmdet.log).
 
@@ -52,4 +54,4 @@ def follow_preprocessor_device(root: torch.nn.Module) -> None:
             tensor = next(iter(module.buffers()), None)
             tensor = tensor if tensor is not None else next(iter(root.parameters()), None)
             if tensor is not None:
-                module._device = tensor.device
+                mmengine_compat.data_preprocessor_set_device(module, tensor.device)

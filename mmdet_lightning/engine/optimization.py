@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..lightning_package import pl
 
@@ -25,7 +26,7 @@ __all__ = ["plain_optim_wrapper_cfg", "build_optim_wrapper", "scale_lr", "max_ep
 _AMP_ONLY_KEYS = ("loss_scale", "dtype", "use_fsdp")
 
 
-def plain_optim_wrapper_cfg(wrapper_cfg: Mapping[str, Any], warn: bool = True) -> dict[str, Any]:
+def plain_optim_wrapper_cfg(config: Mapping[str, Any], warn: bool = True) -> dict[str, Any]:
     """``optim_wrapper`` with an ``AmpOptimWrapper`` turned into a plain ``OptimWrapper`` (a copy): mixed precision
     is the Trainer's ``precision`` here.
 
@@ -34,7 +35,7 @@ def plain_optim_wrapper_cfg(wrapper_cfg: Mapping[str, Any], warn: bool = True) -
         ...                              optimizer=dict(type="SGD", lr=0.01)), warn=False)
         {'type': 'OptimWrapper', 'optimizer': {'type': 'SGD', 'lr': 0.01}}
     """
-    wrapper_cfg = copy.deepcopy(dict(wrapper_cfg))
+    wrapper_cfg: dict[str, Any] = copy.deepcopy(dict(config))
     if wrapper_cfg.get("type", "OptimWrapper") != "AmpOptimWrapper":
         return wrapper_cfg
     if warn:
@@ -48,7 +49,7 @@ def plain_optim_wrapper_cfg(wrapper_cfg: Mapping[str, Any], warn: bool = True) -
     return wrapper_cfg
 
 
-def build_optim_wrapper(model: Any, cfg: Mapping[str, Any]) -> "OptimWrapper":
+def build_optim_wrapper(model: Any, cfg: Mapping[str, Any]) -> OptimWrapper:
     """The config's ``optim_wrapper`` for ``model`` (``paramwise_cfg``, ``clip_grad``, ``accumulative_counts``)."""
     from mmengine.optim import OptimWrapper
     from mmengine.optim import build_optim_wrapper as build
@@ -61,7 +62,7 @@ def build_optim_wrapper(model: Any, cfg: Mapping[str, Any]) -> "OptimWrapper":
     return wrapper
 
 
-def scale_lr(cfg: Mapping[str, Any], wrapper: "OptimWrapper", batch_size: int) -> None:
+def scale_lr(cfg: Mapping[str, Any], wrapper: OptimWrapper, batch_size: int) -> None:
     """mmengine's ``Runner.scale_lr``: the linear scaling rule when ``auto_scale_lr.enable``, for ``batch_size``
     images per optimizer step over all processes."""
     auto_scale_lr = cfg.get("auto_scale_lr") or {}
@@ -81,33 +82,34 @@ def loader_batch_size(loader: Any) -> int:
     return int(loader.batch_sampler.batch_size)
 
 
-def max_epochs_and_iters(trainer: "pl.Trainer") -> tuple[int, int]:
+def max_epochs_and_iters(trainer: pl.Trainer) -> tuple[int, int]:
     """The run's length in epochs and iterations as mmengine's train loops count it, from the Trainer's
     ``max_epochs`` / ``max_steps`` and the epoch length (a ``max_steps`` that ends mid-epoch ends the last epoch)."""
     epoch_length = trainer.num_training_batches
-    max_iters = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-    max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
-    if max_epochs is None and max_iters is None:
+    steps: int | None = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+    epochs: int | None = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+    if epochs is None and steps is None:
         raise ValueError("Set `max_epochs` or `max_steps` on the Trainer: the config's schedules need an end.")
     if math.isinf(epoch_length):
-        return max_epochs or 0, max_iters or 0
-    if max_iters is None:
-        max_iters = max_epochs * epoch_length
-    elif max_epochs is None or max_epochs * epoch_length > max_iters:
-        max_epochs = math.ceil(max_iters / epoch_length)
-        max_iters = min(max_iters, max_epochs * epoch_length)
-    return max_epochs, min(max_iters, max_epochs * epoch_length)
+        return epochs or 0, steps or 0
+    length = int(epoch_length)
+    if steps is None:
+        assert epochs is not None
+        return epochs, epochs * length
+    if epochs is None or epochs * length > steps:
+        epochs = math.ceil(steps / length)
+    return epochs, min(steps, epochs * length)
 
 
-def build_param_schedulers(cfg: Mapping[str, Any], wrapper: "OptimWrapper", epoch_length: int | float,
-                           max_epochs: int, max_iters: int) -> list["_ParamScheduler"]:
+def build_param_schedulers(cfg: Mapping[str, Any], wrapper: OptimWrapper, epoch_length: int | float,
+                           max_epochs: int, max_iters: int) -> list[_ParamScheduler]:
     """The config's ``param_scheduler`` list, each ``end`` defaulting to the run's end as mmengine's runner sets it."""
     from mmengine.registry import PARAM_SCHEDULERS
 
     schedulers = []
     schedulers_cfg = cfg.get("param_scheduler") or []
     for scheduler_cfg in [schedulers_cfg] if isinstance(schedulers_cfg, Mapping) else schedulers_cfg:
-        scheduler_cfg = copy.deepcopy(scheduler_cfg)
+        scheduler_cfg = dict(copy.deepcopy(scheduler_cfg))
         scheduler_cfg.setdefault("end", max_epochs if scheduler_cfg.get("by_epoch", True) else max_iters)
         default_args = dict(optimizer=wrapper.optimizer, epoch_length=epoch_length)
         schedulers.append(PARAM_SCHEDULERS.build(scheduler_cfg, default_args=default_args))
@@ -125,7 +127,7 @@ class ScheduleStepper:
         {'epoch_schedulers_stepped': False, 'batch_end_pending': True}
     """
 
-    def __init__(self, schedulers: list["_ParamScheduler"]) -> None:
+    def __init__(self, schedulers: list[_ParamScheduler]) -> None:
         self.schedulers = schedulers
         self.epoch_stepped = False
         #: between the training step and the batch's end: whether that batch ends the epoch; None otherwise

@@ -8,7 +8,8 @@ step on GPUs, and its signal handler makes a second broadcast that pairs with it
     signal (SIGTERM; SIGUSR1 with SLURMEnvironment(auto_requeue=True))
                         the handler only records the request on this process (no collective, no raise)
     each batch's end    read the all-reduce (MAX) of the flags started two batches earlier (on a CPU gloo
-                        group: no device synchronisation; it ran during those batches), start this batch's; when the finished one says stop, every rank stops at this batch (at an
+                        group: no device synchronisation; it ran during those batches), start this batch's;
+                        when the finished one says stop, every rank stops at this batch (at an
                         epoch's last batch: after the epoch's validation, so that the resume is exact):
                         ``hpc_ckpt_N.ckpt`` written (atomically, by SafeCheckpointIO), the W&B runs marked
                         preempting, then Lightning's own SIGTERM exit (``SIGTERMException``, the W&B callbacks
@@ -34,6 +35,7 @@ from typing import Any
 
 import torch
 
+from .._compat import lightning as lightning_compat
 from ..lightning_package import pl
 
 __all__ = ["PreemptionHandler", "lightning_has_sigterm_switch", "newest_hpc_checkpoint"]
@@ -85,18 +87,16 @@ class PreemptionHandler(pl.Callback):
         return "PreemptionHandler"
 
     # ------------------------------------------------------------------ install
-    def setup(self, trainer: "pl.Trainer", pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
         if stage != "fit" or lightning_has_sigterm_switch():
             return
         self._trainer = trainer
         self.requested = self.stopped = self._pending = _NONE
         self._pending_works.clear()
-        connector = trainer._signal_connector
-        # Lightning binds these bound methods when it registers its handlers, after `setup`: the instance
-        # attributes take their place (its notifier broadcasts from inside the handler)
-        connector._sigterm_notifier_fn = self._on_sigterm
-        connector._slurm_sigusr_handler_fn = self._on_requeue_signal
-        trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = _no_broadcast
+        # Lightning binds its handlers when it registers them, after `setup`: ours take their place (its
+        # SIGTERM notifier broadcasts from inside the handler), and its per-step broadcast goes
+        lightning_compat.replace_signal_handlers(trainer, self._on_sigterm, self._on_requeue_signal)
+        lightning_compat.replace_step_sigterm_broadcast(trainer, _no_broadcast)
         if self._distributed():
             import torch.distributed as dist
 
@@ -120,7 +120,7 @@ class PreemptionHandler(pl.Callback):
         self.requested = _REQUEUE
 
     # ------------------------------------------------------------------ each batch's end: agree
-    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: Any, outputs: Any, batch: Any,
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self._trainer is None:
             return
@@ -145,33 +145,34 @@ class PreemptionHandler(pl.Callback):
         else:
             self._stop(trainer, decision)
 
-    def on_validation_end(self, trainer: "pl.Trainer", pl_module: Any) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if self._pending != _NONE and not trainer.sanity_checking:
             self._stop(trainer, self._pending)
 
-    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: Any) -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if self._pending != _NONE:
             self._stop(trainer, self._pending)
 
-    def _stop(self, trainer: "pl.Trainer", decision: int) -> None:
+    def _stop(self, trainer: pl.Trainer, decision: int) -> None:
         """On every rank at the same batch: checkpoint, W&B runs marked preempting, requeue; then Lightning's
         SIGTERM exit after this batch (``received_sigterm``)."""
         self.stopped, self._pending = decision, _NONE
         if self.checkpoint:
-            path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+            path = lightning_compat.hpc_save_path(trainer, str(trainer.default_root_dir))
             path = trainer.strategy.broadcast(path)
             trainer.save_checkpoint(path)  # collective; SafeCheckpointIO writes it atomically
             self.checkpoint_path = path
         if trainer.is_global_zero:
             for logger in trainer.loggers:
-                run = getattr(logger, "_experiment", None)  # a run that was never started is not preempted
-                if run is not None and hasattr(run, "mark_preempting"):
-                    run.mark_preempting()
+                if isinstance(logger, pl.loggers.WandbLogger):
+                    run = lightning_compat.wandb_logger_run(logger)  # a run never started is not preempted
+                    if run is not None:
+                        run.mark_preempting()
             if decision == _REQUEUE:
                 _requeue_slurm_job()
-        trainer._signal_connector.received_sigterm = True  # Lightning raises SIGTERMException after this batch
+        lightning_compat.set_received_sigterm(trainer)  # Lightning raises SIGTERMException after this batch
 
-    def teardown(self, trainer: "pl.Trainer", pl_module: Any, stage: str) -> None:
+    def teardown(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
         while self._pending_works:  # every rank started them: finish them before the process group goes
             self._pending_works.popleft()[1].wait()
 

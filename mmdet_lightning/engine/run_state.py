@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._compat import mmengine as mmengine_compat
 from ..resume import load_message_hub_state, message_hub_state
 from ..utilities import first_dataset
 
@@ -19,7 +20,7 @@ __all__ = ["RUN_STATE_KEY", "save_run_state", "restore_run_state"]
 RUN_STATE_KEY = "mmdet_lightning"
 
 
-def save_run_state(module: "MMDetModule", checkpoint: dict[str, Any]) -> None:
+def save_run_state(module: MMDetModule, checkpoint: dict[str, Any]) -> None:
     """Write ``module``'s run state (and the dataset's metainfo as ``meta.dataset_meta``) into ``checkpoint``.
     ``ModelCheckpoint`` saves in the callbacks' ``on_train_batch_end``, before the module's, hence the pending
     schedule steps."""
@@ -28,7 +29,7 @@ def save_run_state(module: "MMDetModule", checkpoint: dict[str, Any]) -> None:
     wrapper = module.optim_wrapper
     checkpoint[RUN_STATE_KEY] = {
         "message_hub": message_hub_state(MessageHub.get_current_instance()),
-        "inner_count": wrapper._inner_count if wrapper is not None else 0,
+        "inner_count": mmengine_compat.optim_wrapper_inner_count(wrapper) if wrapper is not None else 0,
         **module.schedules.state_dict(),
         "skipped_steps": module.invalid_loss_check.skipped_steps,
     }
@@ -39,7 +40,7 @@ def save_run_state(module: "MMDetModule", checkpoint: dict[str, Any]) -> None:
             return
 
 
-def restore_run_state(module: "MMDetModule", state: dict[str, Any] | None) -> None:
+def restore_run_state(module: MMDetModule, state: dict[str, Any] | None) -> None:
     """At ``on_train_start`` of a resumed fit (weights, optimizer and schedulers are loaded by then)."""
     from mmengine.logging import MessageHub
 
@@ -49,4 +50,4 @@ def restore_run_state(module: "MMDetModule", state: dict[str, Any] | None) -> No
     module.invalid_loss_check.skipped_steps = int(state.get("skipped_steps", 0))
     module.schedules.load_state_dict(state)
     if module.optim_wrapper is not None:
-        module.optim_wrapper._inner_count = int(state["inner_count"])
+        mmengine_compat.set_optim_wrapper_inner_count(module.optim_wrapper, int(state["inner_count"]))

@@ -11,17 +11,19 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
+from .._compat import lightning as lightning_compat
 from ..checkpoint_io import CheckpointWriteError, SafeCheckpointIO
-from ..lightning_package import fabric, pl
+from ..lightning_package import pl
 
 __all__ = ["prepare_strategy", "check_unused_parameters", "broadcast_buffers", "share_checkpoint_write_errors"]
 
 
-def prepare_strategy(trainer: "pl.Trainer", model: torch.nn.Module, cfg: Mapping[str, Any],
+def prepare_strategy(trainer: pl.Trainer, model: torch.nn.Module, cfg: Mapping[str, Any],
                      trust_checkpoint: bool) -> torch.nn.Module:
     """Check ``trainer``'s strategy and adapt it and ``model`` to each other; returns the model to train (its
     SyncBN layers reverted to BatchNorm on one process or on CPU, as mmengine's runner does)."""
@@ -33,7 +35,7 @@ def prepare_strategy(trainer: "pl.Trainer", model: torch.nn.Module, cfg: Mapping
             "mmengine optimizer, which needs the whole model in each process.\n"
             "Hint: use strategy='ddp' (or 'auto' on one device)."
         )
-    if type(strategy.checkpoint_io) is fabric.plugins.io.torch_io.TorchCheckpointIO:  # Lightning's default
+    if type(strategy.checkpoint_io) is lightning_compat.torch_checkpoint_io_class():  # Lightning's default
         strategy.checkpoint_io = SafeCheckpointIO(trust=trust_checkpoint)  # safe loads, atomic writes
     on_cpu = strategy.root_device.type == "cpu"
     cores = os.cpu_count() or 1
@@ -44,7 +46,7 @@ def prepare_strategy(trainer: "pl.Trainer", model: torch.nn.Module, cfg: Mapping
             f"Hint: pass devices <= {cores} with accelerator='cpu' for speed, or accelerator='gpu' on a machine "
             "with GPUs."
         )
-    layer_sync = getattr(strategy, "_layer_sync", None)
+    layer_sync = lightning_compat.layer_sync(strategy)
     if layer_sync is not None and on_cpu and trainer.world_size > 1:
         raise ValueError(
             "sync_batchnorm=True needs CUDA: torch's SyncBatchNorm does not run on CPU processes.\n"
@@ -59,10 +61,10 @@ def prepare_strategy(trainer: "pl.Trainer", model: torch.nn.Module, cfg: Mapping
         share_checkpoint_write_errors(strategy)
         # as mmengine's runner wraps the model: each process keeps its own buffers (BatchNorm statistics;
         # validation takes rank 0's), instead of a broadcast from rank 0 before every forward
-        strategy._ddp_kwargs.setdefault("broadcast_buffers", False)
+        lightning_compat.ddp_kwargs(strategy).setdefault("broadcast_buffers", False)
         if cfg.get("find_unused_parameters"):
             # the config's top-level `find_unused_parameters`, which mmengine passes to its DDP wrapper
-            strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
+            lightning_compat.ddp_kwargs(strategy).setdefault("find_unused_parameters", True)
     return model
 
 
@@ -90,11 +92,12 @@ def share_checkpoint_write_errors(strategy: Any) -> None:
     strategy.save_checkpoint = save_checkpoint
 
 
-def check_unused_parameters(trainer: "pl.Trainer", model: torch.nn.Module) -> None:
+def check_unused_parameters(trainer: pl.Trainer, model: torch.nn.Module) -> None:
     """Under DDP without ``find_unused_parameters``, parameters that got no gradient make DDP fail at the
     next iteration with a long message; name them after the first backward instead."""
     strategy = trainer.strategy
-    if not isinstance(strategy, pl.strategies.DDPStrategy) or strategy._ddp_kwargs.get("find_unused_parameters"):
+    if not isinstance(strategy, pl.strategies.DDPStrategy) or \
+            lightning_compat.ddp_kwargs(strategy).get("find_unused_parameters"):
         return
     unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     if unused:
@@ -106,7 +109,7 @@ def check_unused_parameters(trainer: "pl.Trainer", model: torch.nn.Module) -> No
         )
 
 
-def broadcast_buffers(trainer: "pl.Trainer", model: torch.nn.Module) -> None:
+def broadcast_buffers(trainer: pl.Trainer, model: torch.nn.Module) -> None:
     """Under DDP each process updates its own BatchNorm running statistics; evaluate (on every rank) with
     rank 0's, the ones its checkpoints hold, so the metric is that of the saved model. Collective: runs on
     all ranks."""

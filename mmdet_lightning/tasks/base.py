@@ -9,7 +9,8 @@ semi-supervised or grounding detection) is one module of :mod:`mmdet_lightning.t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -59,7 +60,7 @@ class Task:
         return f"{type(self).__name__}()"
 
     # ------------------------------------------------------------------ training
-    def losses(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def losses(self, model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The total loss and every logged term of one batch, as mmengine's ``BaseModel.train_step`` computes
         them before the optimizer: data preprocessor, ``mode="loss"``, ``parse_losses``."""
         data = model.data_preprocessor(batch, True)
@@ -71,7 +72,7 @@ class Task:
         """Predictions made under bf16/fp16 autocast, with their floating fields in float32 (in place; returned)."""
         return samples
 
-    def predicted_instances(self, sample: Any, score_thr: float) -> "Instances | None":
+    def predicted_instances(self, sample: Any, score_thr: float) -> Instances | None:
         """What a W&B table or the prediction writer shows of one predicted sample (None: nothing to show)."""
         return None
 
@@ -95,6 +96,6 @@ class Task:
                 "`model`, or set `metainfo=dict(classes=...)` on the dataset to the model's classes."
             )
 
-    def metrics_without_detections(self, evaluator: "Evaluator") -> dict[str, float]:
+    def metrics_without_detections(self, evaluator: Evaluator) -> dict[str, float]:
         """What an evaluation logs when no image has a prediction (the metrics return nothing then)."""
         return {}

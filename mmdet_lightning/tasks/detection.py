@@ -3,7 +3,8 @@ labels, and masks for instance segmentation), evaluated by ``CocoMetric`` (or it
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -84,7 +85,7 @@ class DetectionTask(Task):
                     pred.set_field(value.float(), key)
         return samples
 
-    def predicted_instances(self, sample: Any, score_thr: float) -> "Instances | None":
+    def predicted_instances(self, sample: Any, score_thr: float) -> Instances | None:
         """``pred_instances`` with score > ``score_thr``, as numpy arrays on the CPU."""
         from ..wandb.media import instances_from_prediction
 
@@ -104,7 +105,7 @@ class DetectionTask(Task):
                 found[name or "model"] = count
         return found
 
-    def metrics_without_detections(self, evaluator: "Evaluator") -> dict[str, float]:
+    def metrics_without_detections(self, evaluator: Evaluator) -> dict[str, float]:
         """``CocoMetric`` (and its subclasses, such as ``FastCocoMetric``) returns nothing when no image has a
         detection (a new model, say): 0.0 for each of its keys instead, so that
         ``ModelCheckpoint(monitor="coco/bbox_mAP")`` and the loggers see the keys from the first epoch."""

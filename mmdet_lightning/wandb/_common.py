@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from lightning_utilities.core.imports import RequirementCache
 
+from .._compat import lightning as lightning_compat
 from ..lightning_package import check_one_package, pl
 
 rank_zero_only, rank_zero_warn = pl.utilities.rank_zero_only, pl.utilities.rank_zero_warn
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 _WANDB_AVAILABLE = RequirementCache("wandb>=0.17")
 
 
-def find_wandb_logger(trainer: "pl.Trainer", owner: str) -> "WandbLogger":
+def find_wandb_logger(trainer: pl.Trainer, owner: str) -> WandbLogger:
     """The first ``WandbLogger`` of ``trainer.loggers``; a clear error listing the loggers otherwise."""
     if not _WANDB_AVAILABLE:
         raise ModuleNotFoundError(f"{owner} needs wandb. {_WANDB_AVAILABLE}")
@@ -40,7 +42,7 @@ TRANSACTION_LOG_FLUSH_INTERVAL = 1.0
 _FLUSH_SETTING = "x_transaction_log_flush_interval"
 
 
-def prepare_loggers(trainer: "pl.Trainer") -> None:
+def prepare_loggers(trainer: pl.Trainer) -> None:
     """Before Lightning starts the loggers' runs (``LightningModule.prepare_data``): a ``WandbLogger``'s run will
     write its transaction log every second (the user's own W&B settings win), its folder is made absolute, and a
     ``validate`` / ``test`` run gets that ``job_type`` unless one was given."""
@@ -64,9 +66,10 @@ def flush_transaction_log_often(logger: Any) -> None:
 
     Example::
         >>> from pytorch_lightning.loggers import WandbLogger
+        >>> from mmdet_lightning._compat.lightning import wandb_logger_init_kwargs
         >>> logger = WandbLogger(offline=True)
         >>> flush_transaction_log_often(logger)
-        >>> logger._wandb_init["settings"]
+        >>> wandb_logger_init_kwargs(logger)["settings"]
         {'x_transaction_log_flush_interval': 1.0}
     """
     init = _pending_init(logger)
@@ -89,9 +92,10 @@ def set_default_job_type(logger: Any, job_type: str) -> None:
 
     Example::
         >>> from pytorch_lightning.loggers import WandbLogger
+        >>> from mmdet_lightning._compat.lightning import wandb_logger_init_kwargs
         >>> logger = WandbLogger(offline=True)
         >>> set_default_job_type(logger, "validate")
-        >>> logger._wandb_init["job_type"]
+        >>> wandb_logger_init_kwargs(logger)["job_type"]
         'validate'
     """
     init = _pending_init(logger)
@@ -107,6 +111,7 @@ def absolute_run_dir(logger: Any) -> None:
 
     Example::
         >>> from pytorch_lightning.loggers import WandbLogger
+        >>> from mmdet_lightning._compat.lightning import wandb_logger_init_kwargs
         >>> logger = WandbLogger(offline=True, save_dir="work_dirs/run")
         >>> absolute_run_dir(logger)
         >>> os.path.isabs(logger._wandb_init["dir"])
@@ -119,8 +124,11 @@ def absolute_run_dir(logger: Any) -> None:
 
 def _pending_init(logger: Any) -> dict[str, Any] | None:
     """The ``wandb.init`` arguments of a ``WandbLogger`` whose run has not started yet (None otherwise)."""
-    init = getattr(logger, "_wandb_init", None)
-    return init if getattr(logger, "_experiment", None) is None and isinstance(init, dict) else None
+    if not isinstance(logger, pl.loggers.WandbLogger):  # the trainer's other loggers: nothing to set
+        return None
+    if lightning_compat.wandb_logger_run(logger) is not None:
+        return None
+    return lightning_compat.wandb_logger_init_kwargs(logger)
 
 
 def _fields_set(settings: Any) -> set[str]:
@@ -145,15 +153,15 @@ def check_unit_interval(name: str, value: Any) -> float:
 
 
 @rank_zero_only
-def finish_run(logger: "WandbLogger", exit_code: int) -> None:
+def finish_run(logger: WandbLogger, exit_code: int) -> None:
     """Finish the logger's W&B run now (what was logged is flushed; an offline run is ready for `wandb sync`)."""
-    run = getattr(logger, "_experiment", None)
-    if run is not None and hasattr(run, "finish"):
+    run = lightning_compat.wandb_logger_run(logger)
+    if run is not None:
         run.finish(exit_code=exit_code)
 
 
 @rank_zero_only
-def warn_if_other_run(logger: "WandbLogger", run_id: str) -> None:
+def warn_if_other_run(logger: WandbLogger, run_id: str) -> None:
     """Resumed from a checkpoint of W&B run ``run_id`` while logging to another run: say how to continue it."""
     current = getattr(logger.experiment, "id", None)
     if current is not None and current != run_id:

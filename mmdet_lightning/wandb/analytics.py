@@ -11,6 +11,8 @@ import numpy as np
 import torch
 
 from .. import analysis
+from .._compat import lightning as lightning_compat
+from .._compat import wandb as wandb_compat
 from ..lightning_package import pl
 from ._common import check_unit_interval, find_wandb_logger
 from .worker import BackgroundWorker
@@ -115,8 +117,9 @@ class WandbEvalAnalytics(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.worker.close()
-        run = getattr(getattr(self, "_logger", None), "_experiment", None)
-        if self.complexity and run is not None and not getattr(run, "_is_finished", False):
+        logger = getattr(self, "_logger", None)  # None: teardown after a failed setup
+        run = lightning_compat.wandb_logger_run(logger) if logger is not None else None
+        if self.complexity and run is not None and not wandb_compat.run_is_finished(run):
             self._summarise_complexity()  # counted after the last evaluation's summary (rank 0 only counts)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -211,7 +214,7 @@ class WandbEvalAnalytics(Callback):
             charts[f"{prefix}/confusion_matrix_counts"] = wandb.Table(columns=["ground_truth", *names], data=rows)
         return charts
 
-    def _per_class_table(self, coco_evals: dict[str, Any]) -> "wandb.Table":
+    def _per_class_table(self, coco_evals: dict[str, Any]) -> wandb.Table:
         import wandb
 
         per_type = {iou_type: analysis.class_ap(ev, self.bbox_score_thr) for iou_type, ev in coco_evals.items()}
@@ -261,7 +264,7 @@ def model_complexity(pl_module: torch.nn.Module, batch: Any) -> dict[str, float]
         >>> model_complexity(module, next(iter(datamodule.val_dataloader())))  # doctest: +SKIP
         {'params': 1776303, 'flops': 235666176}
     """
-    model = getattr(pl_module, "model", pl_module)
+    model: Any = getattr(pl_module, "model", pl_module)
     found: dict[str, float] = {"params": int(sum(p.numel() for p in model.parameters()))}
     try:
         from mmengine.analysis import FlopAnalyzer
@@ -278,7 +281,7 @@ def model_complexity(pl_module: torch.nn.Module, batch: Any) -> dict[str, float]
 
 
 class _TensorForward(torch.nn.Module):
-    """The detector's ``_forward`` (mode "tensor") with its data samples bound, for the FLOP counter."""
+    """The detector's forward in mode "tensor" with its data samples bound, for the FLOP counter."""
 
     def __init__(self, model: torch.nn.Module, data_samples: Any) -> None:
         super().__init__()
@@ -286,4 +289,4 @@ class _TensorForward(torch.nn.Module):
         self.data_samples = data_samples
 
     def forward(self, inputs: torch.Tensor) -> Any:
-        return self.model._forward(inputs, self.data_samples)
+        return self.model(inputs, self.data_samples, mode="tensor")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._compat import lightning as lightning_compat
 from ..lightning_package import check_one_package, pl
 from ._common import check_non_negative_int, check_unit_interval, finish_run
 from .analytics import WandbEvalAnalytics
@@ -87,8 +88,8 @@ class MMDetWandbCallback(Callback):
         if num_eval_images > 0:
             self.parts.append(WandbDetectionTables(num_eval_images=num_eval_images, bbox_score_thr=bbox_score_thr,
                                                    mean_confidence=mean_confidence, worker=self.worker))
-        analytics = dict(per_class_ap=per_class_ap, pr_curves=pr_curves, confusion_matrix=confusion_matrix,
-                         run_summary=run_summary)
+        analytics: dict[str, Any] = dict(per_class_ap=per_class_ap, pr_curves=pr_curves,
+                                         confusion_matrix=confusion_matrix, run_summary=run_summary)
         analytics_part = WandbEvalAnalytics(**analytics, bbox_score_thr=bbox_score_thr, monitor=monitor,
                                             worker=self.worker)
         if any(analytics.values()):
@@ -113,9 +114,11 @@ class MMDetWandbCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {type(part).__name__: part.state_dict() for part in self.parts}
-        run = getattr(getattr(self.parts[0], "_logger", None), "_experiment", None)
-        if isinstance(getattr(run, "id", None), str):  # what `fit --ckpt_path` continues (wandb_run_id)
-            state["run_id"] = run.id
+        logger = getattr(self.parts[0], "_logger", None)  # None before setup
+        run = lightning_compat.wandb_logger_run(logger) if logger is not None else None
+        run_id = getattr(run, "id", None)
+        if isinstance(run_id, str):  # what `fit --ckpt_path` continues (wandb_run_id)
+            state["run_id"] = run_id
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

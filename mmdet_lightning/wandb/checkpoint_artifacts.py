@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from .._compat import lightning as lightning_compat
 from ..checkpoint_io import CheckpointWriteError
 from ..lightning_package import pl
 from ._common import find_wandb_logger, finish_run, warn_if_other_run
 from .worker import BackgroundWorker
 
-Callback, Checkpoint, ModelCheckpoint = pl.callbacks.Callback, pl.callbacks.Checkpoint, pl.callbacks.ModelCheckpoint
+Callback = pl.callbacks.Callback
+Checkpoint = pl.callbacks.Checkpoint
+ModelCheckpoint = pl.callbacks.ModelCheckpoint
 Logger = pl.loggers.logger.Logger
 rank_zero_only, rank_zero_warn = pl.utilities.rank_zero_only, pl.utilities.rank_zero_warn
 MisconfigurationException = pl.utilities.exceptions.MisconfigurationException
@@ -25,7 +29,8 @@ class _CheckpointWatcher(Logger):
     """Lightning tells every logger when a ModelCheckpoint has written a file (``after_save_checkpoint``,
     rank 0, after the file is complete); this logger passes that on to the callback and logs nothing."""
 
-    def __init__(self, on_saved: Callable[[ModelCheckpoint], None], on_failed: Callable[[], None] | None = None) -> None:
+    def __init__(self, on_saved: Callable[[ModelCheckpoint], None],
+                 on_failed: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._on_saved = on_saved
         self._on_failed = on_failed
@@ -163,7 +168,7 @@ class WandbCheckpointArtifacts(Callback):
             return
         if fresh:
             path = max(fresh, key=os.path.getmtime)
-            step_based = bool(getattr(checkpoint_callback, "_every_n_train_steps", 0))
+            step_based = bool(lightning_compat.checkpoint_every_n_train_steps(checkpoint_callback))
             tag = f"iter_{trainer.global_step}" if step_based else f"epoch_{trainer.current_epoch + 1}"
             aliases = [tag, "latest"]
             if checkpoint_callback.monitor and path == checkpoint_callback.best_model_path:
@@ -188,7 +193,8 @@ class WandbCheckpointArtifacts(Callback):
             return
         trainer = self._trainer
         if self._enabled and self.upload_on_exception:
-            files = [p for cb in trainer.callbacks if isinstance(cb, Checkpoint) for p in _checkpoint_files(cb)]
+            files = [p for cb in trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's callback connector
+                     if isinstance(cb, Checkpoint) for p in _checkpoint_files(cb)]
             fresh = [p for p in dict.fromkeys(files) if os.path.isfile(p) and p not in self.uploaded]
             if fresh:
                 path = max(fresh, key=os.path.getmtime)
@@ -269,8 +275,8 @@ def _link_for_upload(path: Path, folder: Path, step: int) -> Path:
 
 def _check_intervals(trainer: pl.Trainer, callback: ModelCheckpoint) -> None:
     """The hook's assert, as a clear error: checkpoints must fall on validations for their metadata."""
-    every_steps = getattr(callback, "_every_n_train_steps", 0) or 0
-    every_epochs = getattr(callback, "_every_n_epochs", 0) or 0
+    every_steps = lightning_compat.checkpoint_every_n_train_steps(callback)
+    every_epochs = lightning_compat.checkpoint_every_n_epochs(callback)
     val_epochs = trainer.check_val_every_n_epoch
     per_epoch_validation = isinstance(trainer.val_check_interval, float) and trainer.val_check_interval == 1.0
     if trainer.limit_val_batches == 0:
@@ -282,7 +288,7 @@ def _check_intervals(trainer: pl.Trainer, callback: ModelCheckpoint) -> None:
             val_steps = trainer.num_training_batches * val_epochs
             what = f"every {val_epochs} epoch(s) = {val_steps} steps (check_val_every_n_epoch={val_epochs})"
         else:
-            val_steps = int(trainer.val_check_batch)
+            val_steps = int(trainer.val_check_batch)  # type: ignore[arg-type]  # Optional in Lightning's types
             what = f"every {val_steps} steps (val_check_interval={trainer.val_check_interval})"
         if every_steps % max(val_steps, 1):
             raise MisconfigurationException(

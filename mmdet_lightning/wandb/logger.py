@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from .._compat import lightning as lightning_compat
 from ..lightning_package import check_one_package, pl
 from ._common import flush_transaction_log_often
 
@@ -36,8 +37,8 @@ class ResilientWandbLogger(WandbLogger):
     """Lightning's ``WandbLogger`` (same arguments) that logs offline instead of failing.
 
     Without credentials it logs offline from the start; when ``wandb.init`` cannot reach the server it
-    warns once and logs the run offline (with the same arguments: a given ``id`` is kept). Either way one line says how to upload the
-    run later (``wandb sync <run folder>``). Pass ``settings=wandb.Settings(init_timeout=...)`` to wait
+    warns once and logs the run offline (with the same arguments: a given ``id`` is kept). Either way one line says how
+    to upload the run later (``wandb sync <run folder>``). Pass ``settings=wandb.Settings(init_timeout=...)`` to wait
     less than W&B's default (90 s) before falling back.
 
     Example::
@@ -58,20 +59,20 @@ class ResilientWandbLogger(WandbLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
-        if self._experiment is not None:
-            return self._experiment
+        run = lightning_compat.wandb_logger_run(self)
+        if run is not None:
+            return run
         import wandb
 
         try:
-            run = WandbLogger.experiment.fget(self)
+            run = cast(Any, WandbLogger.experiment).fget(self)
         except wandb.errors.CommError as err:
             server = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
             rank_zero_warn(f"W&B: cannot reach {server} ({type(err).__name__}: {str(err).splitlines()[0]}); "
                            "logging offline instead, training goes on.")
-            self._offline = True
-            self._wandb_init["mode"] = "offline"
+            lightning_compat.wandb_logger_go_offline(self)
             self._fell_back = True
-            run = WandbLogger.experiment.fget(self)
+            run = cast(Any, WandbLogger.experiment).fget(self)
         if self._no_credentials or self._fell_back:
             folder = Path(run.dir).parent
             why = "no W&B credentials found" if self._no_credentials else "W&B unreachable"

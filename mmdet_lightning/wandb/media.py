@@ -8,8 +8,9 @@ slider, and masks are merged per class into one uint8 layer each.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,8 @@ def instances_from_data_info(data_info: Mapping[str, Any], height: int, width: i
     Instances marked ``ignore_flag`` (crowd) are left out, as mmdet leaves them out of training.
 
     Example::
-        >>> info = {"instances": [{"bbox": [1, 2, 5, 6], "bbox_label": 2, "ignore_flag": 0, "mask": [[1, 2, 5, 2, 5, 6]]}]}
+        >>> info = {"instances": [{"bbox": [1, 2, 5, 6], "bbox_label": 2, "ignore_flag": 0,
+        ...                        "mask": [[1, 2, 5, 2, 5, 6]]}]}
         >>> gt = instances_from_data_info(info, 8, 8, with_masks=True)
         >>> gt.boxes.tolist(), gt.labels.tolist(), gt.masks.shape
         ([[1.0, 2.0, 5.0, 6.0]], [2], (1, 8, 8))
@@ -112,7 +114,7 @@ def box_data(instances: Instances, class_names: Sequence[str]) -> list[dict[str,
         ('circle 0.88', 1)
     """
     entries = []
-    for index, (box, label) in enumerate(zip(instances.boxes.tolist(), instances.labels.tolist())):
+    for index, (box, label) in enumerate(zip(instances.boxes.tolist(), instances.labels.tolist(), strict=True)):
         name = class_names[label] if 0 <= label < len(class_names) else str(label)
         entry: dict[str, Any] = {
             "position": {"minX": box[0], "minY": box[1], "maxX": box[2], "maxY": box[3]},
@@ -140,7 +142,7 @@ def class_mask_layers(instances: Instances, class_names: Sequence[str]) -> dict[
     layers: dict[str, np.ndarray] = {}
     if instances.masks is None:
         return layers
-    for mask, label in zip(instances.masks, instances.labels.tolist()):
+    for mask, label in zip(instances.masks, instances.labels.tolist(), strict=True):
         name = class_names[label] if 0 <= label < len(class_names) else str(label)
         layer = layers.setdefault(name, np.zeros(mask.shape, dtype=np.uint8))
         layer[mask] = label + 1

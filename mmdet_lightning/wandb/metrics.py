@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .._compat import lightning as lightning_compat
 from ..lightning_package import pl
 from ._common import check_non_negative_int, find_wandb_logger
 
@@ -42,7 +43,8 @@ class WandbIntervalMetrics(Callback):
 
     Example::
         >>> from pytorch_lightning.loggers import WandbLogger
-        >>> trainer = pl.Trainer(logger=WandbLogger(offline=True), callbacks=[WandbIntervalMetrics(interval=10)])  # doctest: +SKIP
+        >>> metrics = WandbIntervalMetrics(interval=10)
+        >>> trainer = pl.Trainer(logger=WandbLogger(offline=True), callbacks=[metrics])  # doctest: +SKIP
     """
 
     def __init__(self, interval: int = 50) -> None:
@@ -55,13 +57,15 @@ class WandbIntervalMetrics(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._logger = find_wandb_logger(trainer, type(self).__name__)
-        if hasattr(pl_module, "log_train_scalars"):
-            pl_module.log_train_scalars = False
+        module: Any = pl_module
+        if hasattr(module, "log_train_scalars"):
+            module.log_train_scalars = False
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_end = time.perf_counter()
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         now = time.perf_counter()
         self._data_time += now - (self._last_end if self._last_end is not None else now)
 
@@ -75,7 +79,7 @@ class WandbIntervalMetrics(Callback):
             value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
             self._sums[key] = self._sums[key] + value if key in self._sums else value.clone()
         self._count += 1
-        iteration = trainer.fit_loop.epoch_loop.batch_progress.total.completed + 1  # this batch included
+        iteration = lightning_compat.fit_batches_completed(trainer) + 1  # this batch included
         if iteration % self.interval == 0:
             self._flush(trainer, pl_module)
 
@@ -108,8 +112,8 @@ def _optimizer_scalars(trainer: pl.Trainer) -> dict[str, float]:
         prefix = "train" if len(trainer.optimizers) == 1 else f"train/optimizer_{opt_index}"
         groups = optimizer.param_groups
         for name in ("lr", "momentum"):
-            values = [_momentum(g) if name == "momentum" else g.get("lr") for g in groups]
-            values = [float(v) for v in values if v is not None]
+            given = [_momentum(g) if name == "momentum" else g.get("lr") for g in groups]
+            values = [float(v) for v in given if v is not None]
             if not values:
                 continue
             if len(set(values)) == 1:

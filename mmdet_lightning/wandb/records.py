@@ -17,8 +17,9 @@ import json
 import os
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from wandb.proto.wandb_internal_pb2 import Record
@@ -55,7 +56,7 @@ def _payloads(data: bytes) -> Iterator[bytes]:
             parts = []
 
 
-def read_records(path: str | os.PathLike, finished_within: float = 30.0) -> list["Record"]:
+def read_records(path: str | os.PathLike, finished_within: float = 30.0) -> list[Record]:
     """All records of a ``.wandb`` transaction log, in order.
 
     wandb's service writes the log behind the run, so right after ``wandb.finish()`` its end may not be on
@@ -84,7 +85,7 @@ def find_run_file(wandb_dir: str | os.PathLike) -> Path:
     return files[0]
 
 
-def history(records: list["Record"]) -> list[dict[str, Any]]:
+def history(records: list[Record]) -> list[dict[str, Any]]:
     """Each ``history`` record as a dict of its decoded values (``_step`` included)."""
     rows = []
     for record in records:
@@ -97,12 +98,12 @@ def history(records: list["Record"]) -> list[dict[str, Any]]:
     return rows
 
 
-def artifacts(records: list["Record"]) -> list[Any]:
+def artifacts(records: list[Record]) -> list[Any]:
     """The ``artifact`` records (name, type, aliases, metadata JSON, manifest) in logging order."""
     return [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
 
 
-def summary(records: list["Record"]) -> dict[str, Any]:
+def summary(records: list[Record]) -> dict[str, Any]:
     """The run summary as the last ``summary`` records left it (top-level keys only)."""
     found: dict[str, Any] = {}
     for record in records:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._compat import wandb as wandb_compat
 from ..lightning_package import pl
 from ..tasks import task_of
 from ..utilities import first_dataset, gather_objects
@@ -24,6 +26,7 @@ rank_zero_only, rank_zero_warn = pl.utilities.rank_zero_only, pl.utilities.rank_
 
 if TYPE_CHECKING:
     import wandb
+    from wandb.data_types import Classes
 
 __all__ = ["WandbDetectionTables", "mean_confidence"]
 
@@ -124,7 +127,8 @@ class WandbDetectionTables(Callback):
     def _choose(self, size: int) -> list[int]:
         if self.num_eval_images > size:
             rank_zero_warn(
-                f"num_eval_images={self.num_eval_images} is more than the {size} validation images: logging all of them."
+                f"num_eval_images={self.num_eval_images} is more than the {size} validation images: "
+                "logging all of them."
             )
         count = min(self.num_eval_images, size)
         return sorted(np.random.default_rng(self.seed).choice(size, size=count, replace=False).tolist())
@@ -140,7 +144,7 @@ class WandbDetectionTables(Callback):
             self._with_masks = self._with_masks or task.has_masks(sample)
             index = self._by_path.get(str(sample.metainfo.get("img_path")))
             instances = task.predicted_instances(sample, self.bbox_score_thr) if index is not None else None
-            if instances is not None:
+            if index is not None and instances is not None:
                 self._predictions[index] = instances
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -178,7 +182,8 @@ class WandbDetectionTables(Callback):
         touches ``_val_images`` and ``_val_artifact``."""
         import wandb
 
-        class_set = wandb.Classes([{"id": i + 1, "name": name} for i, name in enumerate(classes)])
+        classes_type: Any = wandb.Classes  # type: ignore[attr-defined]  # public, but missing from wandb's __init__.pyi
+        class_set = classes_type([{"id": i + 1, "name": name} for i, name in enumerate(classes)])
         if log_val:
             self._log_val_table(run, indices, infos, classes, class_set, with_masks)
         elif not self._val_images:  # resumed: `val` is in the run already; rebuild its images, log nothing
@@ -198,7 +203,7 @@ class WandbDetectionTables(Callback):
         run.log_artifact(artifact, aliases=aliases)
 
     def _log_val_table(self, run: Any, indices: list[int], infos: dict[int, dict[str, Any]], classes: list[str],
-                       class_set: "wandb.Classes", with_masks: bool) -> None:
+                       class_set: Classes, with_masks: bool) -> None:
         import wandb
 
         artifact = wandb.Artifact(self.VAL_ARTIFACT, type="dataset")
@@ -207,7 +212,7 @@ class WandbDetectionTables(Callback):
         self._val_artifact = artifact
 
     def _val_table(self, indices: list[int], infos: dict[int, dict[str, Any]], classes: list[str],
-                   class_set: "wandb.Classes", with_masks: bool) -> "wandb.Table":
+                   class_set: Classes, with_masks: bool) -> wandb.Table:
         """The ``val_data`` table; fills ``_val_images`` (index -> name, image with ground truth)."""
         import wandb
 
@@ -218,7 +223,8 @@ class WandbDetectionTables(Callback):
             try:
                 source, height, width = _image_source(path)
             except Exception as err:  # PIL raises many types for unreadable files
-                rank_zero_warn(f"W&B val table: skipping image {path}, which cannot be read ({type(err).__name__}: {err}).")
+                rank_zero_warn(f"W&B val table: skipping image {path}, which cannot be read "
+                               f"({type(err).__name__}: {err}).")
                 continue
             gt = instances_from_data_info(info, height, width, with_masks=with_masks)
             if gt.problems:
@@ -229,7 +235,7 @@ class WandbDetectionTables(Callback):
             self._val_images[index] = (name, image)
         return table
 
-    def _reference_val_media(self, artifact: "wandb.Artifact", image: "wandb.Image") -> None:
+    def _reference_val_media(self, artifact: wandb.Artifact, image: wandb.Image) -> None:
         """Make ``artifact`` hold the files of ``image`` (and its masks) as references to ``val``'s entries.
 
         W&B serialises a table's images by adding their files to the artifact, unless the artifact
@@ -240,15 +246,17 @@ class WandbDetectionTables(Callback):
         source = self._val_artifact
         if source is None:  # resumed in a new process: `val` was logged by the earlier one; embed the images
             return
-        media = [image, *(getattr(image, "_masks", None) or {}).values()]
+        media = [image, *wandb_compat.image_masks(image).values()]
         for item in media:
-            local = getattr(item, "_path", None)
-            entry_name = source.get_added_local_path_name(local) if local else None
+            local = wandb_compat.media_local_path(item)
+            if not local:
+                continue
+            entry_name = source.get_added_local_path_name(local)
             if entry_name is None or artifact.get_added_local_path_name(local) is not None:
                 continue
-            url = f"wandb-client-artifact://{source._client_id}/{entry_name}"
+            url = f"wandb-client-artifact://{wandb_compat.artifact_client_id(source)}/{entry_name}"
             entry = artifact.add_reference(url, name=entry_name)[0]
-            artifact._added_local_paths[local] = entry
+            wandb_compat.artifact_register_local_path(artifact, local, entry)
 
     def state_dict(self) -> dict[str, Any]:
         return {"indices": self.indices, "val_logged": self.val_logged}
@@ -293,7 +301,7 @@ def _image_source(path: str) -> tuple[str | np.ndarray, int, int]:
         return np.asarray(image.convert("RGB")), height, width
 
 
-def _wandb_image(pixels: Any, instances: Instances, key: str, classes: list[str], class_set: Any) -> "wandb.Image":
+def _wandb_image(pixels: Any, instances: Instances, key: str, classes: list[str], class_set: Any) -> wandb.Image:
     import wandb
 
     labels = {i + 1: name for i, name in enumerate(classes)}

@@ -1,11 +1,13 @@
-"""BackgroundWorker: one thread that runs the W&B callbacks' slow work (tables, artifact uploads) off the training loop."""
+"""BackgroundWorker: one thread that runs the W&B callbacks' slow work (tables, artifact uploads) off the training
+loop."""
 
 from __future__ import annotations
 
 import atexit
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..lightning_package import pl
 

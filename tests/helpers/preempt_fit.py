@@ -1,6 +1,6 @@
 """A 2-process DDP fit (gloo, Lightning's launcher) that a signal can preempt; run as a script by test_preemption.py.
 
-    python tests/preempt_fit.py OUT_DIR DATA_ROOT [--signal-at N] [--signal-rank R] [--during train|val|save]
+    python tests/helpers/preempt_fit.py OUT_DIR DATA_ROOT [--signal-at N] [--signal-rank R] [--during train|val|save]
                                 [--signal SIGTERM|SIGUSR1] [--resume]
 
 RetinaNet, 2 epochs of 4 batches per process, validation and a checkpoint (``last.ckpt``) every epoch, W&B
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
@@ -98,7 +98,8 @@ def main() -> None:
         enable_progress_bar=False, default_root_dir=str(args.out),
         logger=pl.loggers.WandbLogger(offline=True, save_dir=str(args.out), project="preempt", id=run_id,
                                       resume="allow" if run_id else None),
-        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=str(args.ckpt_dir or args.out / "ckpt"), every_n_epochs=1, save_last=True),
+        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=str(args.ckpt_dir or args.out / "ckpt"), every_n_epochs=1,
+                                                save_last=True),
                    MMDetWandbCallback(interval=1, log_checkpoint=True, num_eval_images=2), recorder],
     )
     module = MMDetModule(cfg)

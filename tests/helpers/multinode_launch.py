@@ -1,6 +1,6 @@
 """Start one "node" of a 2-node run as SLURM's ``srun`` would: run by test_multinode.py.
 
-    python tests/multinode_launch.py NODE_ID NUM_NODES PORT -- COMMAND...
+    python tests/helpers/multinode_launch.py NODE_ID NUM_NODES PORT -- COMMAND...
 
 srun starts one task per node with the variables that Lightning's ``SLURMEnvironment`` reads (``SLURM_NTASKS``,
 ``SLURM_PROCID``, ``SLURM_LOCALID``, ``SLURM_NODEID``, ``SLURM_JOB_ID``, ``SLURM_NODELIST``, ...); this launcher

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from mmdet_lightning.lightning_package import ENV, NAME
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: variables that would tell W&B something a new user's shell does not
 _USER_CHOICES = ("NETRC", "PYTHONWARNINGS")
 
@@ -34,7 +34,7 @@ def user_environment(home: Path, **extra: str) -> dict[str, str]:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     if NAME == "lightning.pytorch":
-        env.setdefault(ENV, "lightning")  # the suite's lightning.pytorch pass (tests/lightning_first.py)
+        env.setdefault(ENV, "lightning")  # the suite's lightning.pytorch pass (tests/helpers/lightning_first.py)
     env.update(extra)
     return env
 
@@ -47,7 +47,8 @@ def run_as_user(args: Sequence[str], cwd: Path, timeout: float = 600, **extra: s
     args = [sys.executable if a == "python" else a for a in args]
     script = Path(sys.executable).parent / "mmdet-lightning"  # the console script that pip installed
     if args[0] == "mmdet-lightning":
-        args = [str(script), *args[1:]] if script.is_file() else [sys.executable, "-m", "mmdet_lightning.cli", *args[1:]]
+        command = [str(script)] if script.is_file() else [sys.executable, "-m", "mmdet_lightning.cli"]
+        args = [*command, *args[1:]]
     return subprocess.run(args, cwd=cwd, env=user_environment(cwd / "home", **extra), stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -1,6 +1,6 @@
 """Fit with strategy="ddp" on CPU (gloo) with the W&B callback offline; run as a script by test_ddp.py.
 
-    python tests/ddp_fit.py OUT_DIR DATA_ROOT LOAD_FROM DEVICES PREDICT_FOLDER
+    python tests/helpers/ddp_fit.py OUT_DIR DATA_ROOT LOAD_FROM DEVICES PREDICT_FOLDER
 
 Lightning starts the other ranks by running this script again. Rank 0 writes OUT_DIR/metrics.json; after the
 fit, the images of PREDICT_FOLDER are predicted with a DetectionWriter into OUT_DIR/predictions.
@@ -33,7 +33,7 @@ def main() -> None:
     out, data_root, load_from = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     devices, predict_folder = int(sys.argv[4]), sys.argv[5]
     torch.set_num_threads(1)
-    cfg = replace_data_root(load_config(Path(__file__).parents[1] / "configs/mmdet/shapes_faster_rcnn.py"), data_root)
+    cfg = replace_data_root(load_config(Path(__file__).parents[2] / "configs/mmdet/shapes_faster_rcnn.py"), data_root)
     cfg.train_dataloader.batch_size = 2
     cfg.val_dataloader.batch_size = 2
     cfg.load_from = load_from

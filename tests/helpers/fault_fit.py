@@ -1,12 +1,13 @@
 """A short Faster R-CNN fit that can be killed, terminated or resumed; run as a script by test_fault_tolerance.py.
 
-    python tests/fault_fit.py OUT_DIR DATA_ROOT [--kill-at N] [--sigterm-at N] [--resume CKPT] [--wandb]
+    python tests/helpers/fault_fit.py OUT_DIR DATA_ROOT [--kill-at N] [--sigterm-at N] [--resume CKPT] [--wandb]
 
 2 epochs of 6 batches; ModelCheckpoint every 2 iterations (``last.ckpt`` too) and OnExceptionCheckpoint.
 ``--kill-at N`` sends SIGKILL to this process during the backward pass of iteration N (counted from 0);
 ``--sigterm-at N`` sends SIGTERM at the start of iteration N (Lightning stops after that batch).
 ``--wandb`` logs offline with MMDetWandbCallback(log_checkpoint=True); with ``--resume`` it continues the
-W&B run stored in the checkpoint; ``--wandb --online`` uses ResilientWandbLogger with the environment's W&B settings. A run that ends writes OUT_DIR/final.pt: the detector's weights, the
+W&B run stored in the checkpoint; ``--wandb --online`` uses ResilientWandbLogger with the environment's W&B settings.
+A run that ends writes OUT_DIR/final.pt: the detector's weights, the
 learning rate at each iteration, the MessageHub's runtime info and the optimizer wrapper's counter.
 """
 
@@ -25,7 +26,7 @@ from mmdet_lightning.lightning_package import pl
 
 ModelCheckpoint, OnExceptionCheckpoint = pl.callbacks.ModelCheckpoint, pl.callbacks.OnExceptionCheckpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from mmdet_lightning import MMDetDataModule, MMDetModule  # noqa: E402
@@ -66,7 +67,8 @@ def main() -> None:
     parser.add_argument("--sigterm-at", type=int)
     parser.add_argument("--resume")
     parser.add_argument("--wandb", action="store_true")
-    parser.add_argument("--online", action="store_true", help="ResilientWandbLogger; WANDB_MODE etc. from the environment")
+    parser.add_argument("--online", action="store_true",
+                        help="ResilientWandbLogger; WANDB_MODE etc. from the environment")
     args = parser.parse_args()
 
     cfg = replace_data_root(load_config(REPO / "configs" / "mmdet" / "shapes_faster_rcnn.py"), args.data_root)
@@ -81,8 +83,8 @@ def main() -> None:
     ckpt_dir = args.out / "ckpt"
     callbacks: list[pl.Callback] = [
         injector,
-        ModelCheckpoint(dirpath=str(ckpt_dir), filename="iter_{step}", auto_insert_metric_name=False, every_n_train_steps=2, save_top_k=-1,
-                        save_last=True),
+        ModelCheckpoint(dirpath=str(ckpt_dir), filename="iter_{step}", auto_insert_metric_name=False,
+                        every_n_train_steps=2, save_top_k=-1, save_last=True),
         OnExceptionCheckpoint(str(ckpt_dir)),
     ]
     logger: Any = False
@@ -110,7 +112,8 @@ def main() -> None:
     from mmengine.logging import MessageHub
 
     hub = MessageHub.get_current_instance()
-    torch.save({"state_dict": module.model.state_dict(), "lrs": injector.lrs, "batches": injector.batches, "losses": injector.losses,
+    torch.save({"state_dict": module.model.state_dict(), "lrs": injector.lrs, "batches": injector.batches,
+                "losses": injector.losses,
                 "final_lr": trainer.optimizers[0].param_groups[0]["lr"],
                 "optimizer": trainer.optimizers[0].state_dict(),
                 "hub_info": {k: hub.get_info(k) for k in ("epoch", "iter", "max_iters")},

@@ -1,6 +1,6 @@
 """RetinaNet trained from scratch with a fixed global batch on 1 or 2 CPU processes; run as a script by test_ddp.py.
 
-    python tests/ddp_loss_curve.py OUT_DIR DATA_ROOT DEVICES [unused] [accumulate]
+    python tests/helpers/ddp_loss_curve.py OUT_DIR DATA_ROOT DEVICES [unused] [accumulate]
 
 Each process loads 4 / DEVICES images per step (``MMDetDataModule(global_batch_size=4)``); rank 0 writes
 OUT_DIR/losses.json, the loss of every step averaged over the processes. With ``unused``, the model gets a
@@ -28,7 +28,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     unused, accumulate = "unused" in sys.argv[4:], "accumulate" in sys.argv[4:]
     torch.set_num_threads(1)
-    cfg = replace_data_root(load_config(Path(__file__).parents[1] / "configs/mmdet/shapes_retinanet.py"), data_root)
+    cfg = replace_data_root(load_config(Path(__file__).parents[2] / "configs/mmdet/shapes_retinanet.py"), data_root)
     losses: list[float] = []
     gradients: dict[str, list[list[float]]] = {"accumulating": [], "update": []}
     if accumulate:

@@ -1,0 +1,1 @@
+"""Scripts and helpers that the tests run or import (not tests themselves)."""
