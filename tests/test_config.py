@@ -39,18 +39,6 @@ def test_load_config_applies_cfg_options() -> None:
     assert cfg.train_dataloader.batch_size == 3
 
 
-def test_load_config_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"does not exist .*\n.*Hint"):
-        load_config(tmp_path / "nope.py")
-
-
-def test_load_config_unparsable_file(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.py"
-    bad.write_text("model = dict(type=\n")
-    with pytest.raises(ValueError, match="Could not parse the config file"):
-        load_config(bad)
-
-
 def test_load_config_without_model() -> None:
     with pytest.raises(ValueError, match="has no `model` dict"):
         load_config({"train_dataloader": {}})
