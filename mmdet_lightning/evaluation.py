@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import types
 import weakref
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
@@ -39,7 +40,8 @@ class FastCocoMetric(coco_metric.CocoMetric):
     """mmdet's ``CocoMetric`` with the COCO evaluation done by faster_coco_eval's C++ ``COCOeval_faster``.
 
     Same arguments, result keys and numbers as ``CocoMetric`` (faster_coco_eval follows pycocotools' rules,
-    annotation ``area`` and ``iscrowd`` included), and several times faster on large validation sets. Use
+    annotation ``area`` and ``iscrowd`` included; its statistics are pycocotools' ``summarize`` of its
+    arrays), and several times faster on large validation sets. Use
     it as ``val_evaluator = dict(type="FastCocoMetric", ...)`` or through
     ``MMDetModule(config, evaluator_backend="faster_coco_eval")``.
 
@@ -60,7 +62,14 @@ def _coco_eval_from_faster_coco_eval() -> Iterator[None]:
         raise ModuleNotFoundError(f"FastCocoMetric needs faster-coco-eval. {_FASTER_COCO_EVAL}")
     from faster_coco_eval import COCOeval_faster
 
-    with _coco_eval_classes(COCOeval=COCOeval_faster):
+    def build(*args: Any, **kwargs: Any) -> Any:
+        coco_eval = COCOeval_faster(*args, **kwargs)
+        # pycocotools' summarize on faster_coco_eval's arrays (equal to pycocotools'): faster_coco_eval's own
+        # takes mAP at the largest maxDets (1000 with mmdet's proposal_nums), pycocotools' at 100
+        coco_eval.summarize = types.MethodType(COCOeval.summarize, coco_eval)
+        return coco_eval
+
+    with _coco_eval_classes(COCOeval=build):
         yield
 
 
