@@ -18,20 +18,21 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 import numpy as np
 from lightning_utilities.core.imports import RequirementCache
 from mmdet.datasets.api_wrappers import COCOeval, COCOevalMP
-from mmdet.evaluation.metrics import coco_metric
+from mmdet.evaluation.metrics import coco_metric, lvis_metric
 from mmdet.registry import METRICS
 
-__all__ = ["FastCocoMetric", "HotCocoMetric", "HotCocoEval", "EVALUATOR_BACKENDS", "use_evaluator_backend",
+__all__ = ["FastCocoMetric", "HotCocoMetric", "HotLVISMetric", "HotCocoEval", "EVALUATOR_BACKENDS", "use_evaluator_backend",
            "record_coco_evals"]
 
 _FASTER_COCO_EVAL = RequirementCache("faster-coco-eval>=1.6")
 _HOTCOCO = RequirementCache("hotcoco>=1.3")
 EVALUATOR_BACKENDS = ("pycocotools", "faster_coco_eval", "hotcoco")
 EvaluatorBackend = Literal["pycocotools", "faster_coco_eval", "hotcoco"]
-#: backend -> (the metric that replaces ``CocoMetric``, its requirement, the pip command that installs it)
-_BACKENDS: dict[str, tuple[str, RequirementCache, str]] = {
-    "faster_coco_eval": ("FastCocoMetric", _FASTER_COCO_EVAL, "pip install 'faster-coco-eval>=1.6'"),
-    "hotcoco": ("HotCocoMetric", _HOTCOCO, "pip install 'hotcoco>=1.3,<2'"),
+#: backend -> (the metrics that replace mmdet's, their requirement, the pip command that installs it)
+_BACKENDS: dict[str, tuple[dict[str, str], RequirementCache, str]] = {
+    "faster_coco_eval": ({"CocoMetric": "FastCocoMetric"}, _FASTER_COCO_EVAL, "pip install 'faster-coco-eval>=1.6'"),
+    "hotcoco": ({"CocoMetric": "HotCocoMetric", "LVISMetric": "HotLVISMetric"}, _HOTCOCO,
+                "pip install 'hotcoco>=1.3,<2'"),
 }
 
 
@@ -93,6 +94,50 @@ class HotCocoMetric(coco_metric.CocoMetric):
             return super().compute_metrics(results)
 
 
+@METRICS.register_module()
+class HotLVISMetric(lvis_metric.LVISMetric):
+    """mmdet's ``LVISMetric`` with lvis-api's ``LVIS``, ``LVISResults`` and ``LVISEval`` replaced by hotcoco's
+    drop-ins (its Rust ``COCOeval`` in LVIS's federated mode): lvis-api is not needed.
+
+    Same arguments and result keys as ``LVISMetric`` (``AP``.. ``APr``, ``APc``, ``APf``, ``classwise``). Use it as
+    ``val_evaluator = dict(type="HotLVISMetric", ...)`` or through ``MMDetModule(config, evaluator_backend="hotcoco")``.
+
+    Example::
+        >>> HotLVISMetric.__mro__[1].__name__
+        'LVISMetric'
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        with _lvis_from_hotcoco():
+            super().__init__(*args, **kwargs)
+
+    def compute_metrics(self, results: list) -> dict[str, float]:
+        with _lvis_from_hotcoco():
+            return super().compute_metrics(results)
+
+
+@contextlib.contextmanager
+def _lvis_from_hotcoco() -> Iterator[None]:
+    """Make mmdet's lvis_metric module use hotcoco's lvis-api drop-ins in this block."""
+    if not _HOTCOCO:
+        raise ModuleNotFoundError(f"HotLVISMetric needs hotcoco ({_HOTCOCO}).\nHint: {_BACKENDS['hotcoco'][2]}")
+    import hotcoco
+
+    names = {"lvis": hotcoco, "LVIS": hotcoco.LVIS, "LVISResults": hotcoco.LVISResults, "LVISEval": hotcoco.LVISEval}
+    missing = object()
+    originals = {name: getattr(lvis_metric, name, missing) for name in names}  # no LVIS without lvis-api
+    for name, value in names.items():
+        setattr(lvis_metric, name, value)
+    try:
+        yield
+    finally:
+        for name, value in originals.items():
+            if value is missing:
+                delattr(lvis_metric, name)
+            else:
+                setattr(lvis_metric, name, value)
+
+
 class HotCocoEval(COCOeval):
     """pycocotools' ``COCOeval`` whose ``evaluate`` and ``accumulate`` run in hotcoco's Rust ``COCOeval``.
 
@@ -146,7 +191,7 @@ class HotCocoEval(COCOeval):
             theirs.kpt_oks_sigmas = [float(s) for s in p.kpt_oks_sigmas]
         run.evaluate()
         self.hotcoco = run
-        self._paramsEval = copy.deepcopy(p)
+        self._paramsEval = copy.copy(p)  # pycocotools' deep copy costs more than hotcoco's evaluation
 
     def accumulate(self, p: Any = None) -> None:
         if self.hotcoco is None:
@@ -247,7 +292,8 @@ def use_evaluator_backend(evaluator_cfg: Any, backend: EvaluatorBackend) -> Any:
     """The evaluator config with every ``CocoMetric`` computed by ``backend`` (a copy when changed).
 
     ``"pycocotools"`` leaves it as configured; ``"faster_coco_eval"`` makes each ``CocoMetric`` a
-    ``FastCocoMetric``, ``"hotcoco"`` a ``HotCocoMetric`` (other metrics are left alone).
+    ``FastCocoMetric``; ``"hotcoco"`` each ``CocoMetric`` a ``HotCocoMetric`` and each ``LVISMetric`` a
+    ``HotLVISMetric``. Other metrics are left alone.
 
     Raises:
         ValueError: ``backend`` is not one of :data:`EVALUATOR_BACKENDS`.
@@ -258,12 +304,14 @@ def use_evaluator_backend(evaluator_cfg: Any, backend: EvaluatorBackend) -> Any:
         'FastCocoMetric'
         >>> use_evaluator_backend([dict(type="mmdet.CocoMetric")], "pycocotools")
         [{'type': 'mmdet.CocoMetric'}]
+        >>> use_evaluator_backend(dict(type="LVISMetric"), "faster_coco_eval")["type"]
+        'LVISMetric'
     """
     if backend not in EVALUATOR_BACKENDS:
         raise ValueError(f"Expected argument `evaluator_backend` to be one of {EVALUATOR_BACKENDS}, but got {backend!r}.")
     if backend == "pycocotools":
         return evaluator_cfg
-    metric_type, requirement, install = _BACKENDS[backend]
+    replacements, requirement, install = _BACKENDS[backend]
     if not requirement:
         raise ModuleNotFoundError(f"evaluator_backend={backend!r} needs a package that is not installed "
                                   f"({requirement}).\nHint: {install}")
@@ -271,8 +319,9 @@ def use_evaluator_backend(evaluator_cfg: Any, backend: EvaluatorBackend) -> Any:
     def swap(cfg: Any) -> Any:
         if isinstance(cfg, Mapping):
             cfg = dict(cfg)
-            if str(cfg.get("type", "")).split(".")[-1] == "CocoMetric":
-                cfg["type"] = metric_type
+            metric_type = str(cfg.get("type", "")).split(".")[-1]
+            if metric_type in replacements:
+                cfg["type"] = replacements[metric_type]
             if "metrics" in cfg:
                 cfg["metrics"] = swap(cfg["metrics"])
             return cfg

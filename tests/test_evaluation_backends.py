@@ -238,12 +238,24 @@ def test_missing_hotcoco_fails_at_construction(monkeypatch: pytest.MonkeyPatch) 
 
     from .conftest import CONFIGS
 
-    metric, _, install = evaluation._BACKENDS["hotcoco"]
-    monkeypatch.setitem(evaluation._BACKENDS, "hotcoco", (metric, RequirementCache("hotcoco>=999"), install))
+    replacements, _, install = evaluation._BACKENDS["hotcoco"]
+    monkeypatch.setitem(evaluation._BACKENDS, "hotcoco", (replacements, RequirementCache("hotcoco>=999"), install))
     with pytest.raises(ModuleNotFoundError, match=r"evaluator_backend='hotcoco'.*\n.*pip install 'hotcoco>=1.3,<2'"):
         evaluation.use_evaluator_backend(dict(type="CocoMetric"), "hotcoco")
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'hotcoco"):
         MMDetModule(CONFIGS / "shapes_retinanet.py", evaluator_backend="hotcoco")
+
+
+@needs_hotcoco
+def test_hotcoco_backend_replaces_coco_and_lvis_metrics() -> None:
+    from mmdet_lightning.evaluation import use_evaluator_backend
+
+    evaluators = [dict(type="CocoMetric", metric="bbox"), dict(type="mmdet.LVISMetric"), dict(type="VOCMetric")]
+    assert [e["type"] for e in use_evaluator_backend(evaluators, "hotcoco")] == \
+        ["HotCocoMetric", "HotLVISMetric", "VOCMetric"]
+    assert [e["type"] for e in use_evaluator_backend(evaluators, "faster_coco_eval")] == \
+        ["FastCocoMetric", "mmdet.LVISMetric", "VOCMetric"]
+    assert evaluators[0]["type"] == "CocoMetric"  # a copy
 
 
 @needs_hotcoco
@@ -254,3 +266,87 @@ def test_module_option_selects_hotcoco() -> None:
 
     module = MMDetModule(CONFIGS / "shapes_mask_rcnn.py", evaluator_backend="hotcoco")
     assert module.cfg.val_evaluator.type == "HotCocoMetric" and module.cfg.test_evaluator.type == "HotCocoMetric"
+
+
+def make_lvis_dataset(tmp_path: Path, seed: int = 0) -> Path:
+    """A synthetic LVIS-format validation set: 20 images, the three shapes as a frequent, a common and a rare
+    category, per image a random part of the absent categories verified absent (``neg_category_ids``) and now
+    and then a present one not exhaustively annotated."""
+    root = make_shapes_dataset(tmp_path / "lvis", ShapesConfig(num_train=0, num_val=20, seed=seed))
+    coco = json.loads((root / "annotations" / "instances_val.json").read_text())
+    rng = np.random.default_rng(seed)
+    for category, frequency in zip(coco["categories"], "fcr"):
+        category["frequency"] = frequency
+    present: dict[int, set[int]] = {image["id"]: set() for image in coco["images"]}
+    for ann in coco["annotations"]:
+        ann.pop("iscrowd")
+        present[ann["image_id"]].add(ann["category_id"])
+    for image in coco["images"]:
+        absent = [c["id"] for c in coco["categories"] if c["id"] not in present[image["id"]]]
+        image["neg_category_ids"] = [c for c in absent if rng.random() < 0.6]
+        image["not_exhaustive_category_ids"] = [c for c in sorted(present[image["id"]]) if rng.random() < 0.2]
+    ann_file = root / "annotations" / "lvis_val.json"
+    ann_file.write_text(json.dumps(coco))
+    return ann_file
+
+
+LVIS_KEYS = {f"lvis/{kind}_{key}" for kind in ("bbox", "segm")
+             for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")}
+
+
+@needs_hotcoco
+def test_hot_lvis_metric_without_lvis_api(tmp_path: Path) -> None:
+    ann_file = make_lvis_dataset(tmp_path)
+    samples = make_samples(ann_file, len(CLASSES), "plain")
+    results, _ = evaluate("HotLVISMetric", ann_file, list(CLASSES), samples, prefix="lvis")
+    assert LVIS_KEYS <= set(results) and {f"lvis/{name}_precision" for name in CLASSES} <= set(results)
+    assert 0.1 < results["lvis/bbox_AP"] < 0.95 and all(-1 <= results[key] <= 1 for key in LVIS_KEYS)
+
+
+@needs_hotcoco
+def test_hot_lvis_metric_equals_lvis_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mmdet's ``LVISMetric`` on lvis-api (skipped where lvis-api is not installed) and on hotcoco."""
+    pytest.importorskip("lvis")
+    monkeypatch.setattr(np, "float", float, raising=False)  # lvis-api 0.5.3, PyPI's, still uses np.float
+    ann_file = make_lvis_dataset(tmp_path, seed=1)
+    samples = make_samples(ann_file, len(CLASSES), "plain", seed=1)
+    reference, _ = evaluate("LVISMetric", ann_file, list(CLASSES), samples, prefix="lvis")
+    results, _ = evaluate("HotLVISMetric", ann_file, list(CLASSES), samples, prefix="lvis")
+    assert LVIS_KEYS <= set(reference) and set(results) == set(reference)  # get_results orders them otherwise
+    for key, value in reference.items():
+        assert results[key] == value or (np.isnan(value) and np.isnan(results[key])), key
+
+
+@needs_hotcoco
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_hotcoco_lvis_eval_unrounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, iou_type: str) -> None:
+    """lvis-api's and hotcoco's ``LVISEval`` before mmdet rounds: every result and the precision array."""
+    lvis = pytest.importorskip("lvis")
+    import hotcoco
+    from pycocotools import mask as mask_utils
+
+    monkeypatch.setattr(np, "float", float, raising=False)  # lvis-api 0.5.3, PyPI's, still uses np.float
+    ann_file = make_lvis_dataset(tmp_path, seed=2)
+    detections = []
+    for sample in make_samples(ann_file, len(CLASSES), "many_detections", seed=2):
+        pred = sample["pred_instances"]
+        for box, score, label, mask in zip(pred["bboxes"].tolist(), pred["scores"].tolist(), pred["labels"].tolist(),
+                                           pred["masks"].numpy()):
+            detection = {"image_id": sample["img_id"], "category_id": label + 1, "score": score,
+                         "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}
+            if iou_type == "segm":
+                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+                detection["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
+            detections.append(detection)
+    runs = []
+    for api in (lvis, hotcoco):
+        gt = api.LVIS(str(ann_file))
+        run = api.LVISEval(gt, api.LVISResults(gt, detections), iou_type)
+        run.run()
+        runs.append(run)
+    reference, ours = (run.get_results() for run in runs)
+    assert set(ours) == set(reference)
+    for key, value in reference.items():
+        assert ours[key] == pytest.approx(value, abs=1e-12), key
+    np.testing.assert_array_equal(np.asarray(runs[1].eval["precision"]).squeeze(),
+                                  np.asarray(runs[0].eval["precision"]).squeeze())
