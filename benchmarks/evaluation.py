@@ -3,12 +3,14 @@
 mmdet ``CocoMetric`` (pycocotools), ``FastCocoMetric`` (faster_coco_eval) and ``HotCocoMetric`` (hotcoco), on
 synthetic validation sets of each ``--images`` size with the synthetic detections of the tests (jittered ground
 truth with box masks, wrong classes, false positives, crowd objects, images without objects or predictions), for
-each ``--iou-types``. Each backend runs ``--repeats`` times, interleaved. Printed for each: the median seconds of
-the whole metric (``process`` + ``evaluate``: mask encoding, result files and pycocotools' ``loadRes`` included,
-which every backend shares) and of its COCOeval alone (``evaluate`` + ``accumulate`` + ``summarize``), the
-speed-up of each over pycocotools, and the largest absolute difference from pycocotools of any of the 12 unrounded
-COCO statistics and of any reported (rounded) metric. torchmetrics' ``MeanAveragePrecision`` is added, bbox only,
-where torchvision is installed.
+each ``--iou-types``. Each backend's metric is built once (its ground truth loaded, as a training run builds it)
+and validates ``--repeats`` times, the backends interleaved. Printed for each: the median seconds of a validation
+(``process`` + ``evaluate``: mask encoding, result files and pycocotools' ``loadRes`` included, which every
+backend shares) and of its COCOeval alone (``evaluate`` + ``accumulate`` + ``summarize``; wall and CPU seconds,
+the CPU time being steadier on a shared machine), the speed-up of each over pycocotools, the COCOeval seconds of the first validation (``HotCocoMetric`` converts the ground truth to
+hotcoco's then, once per metric), and the largest absolute difference from pycocotools of any of the 12
+unrounded COCO statistics and of any reported (rounded) metric. torchmetrics' ``MeanAveragePrecision`` is added,
+bbox only, where torchvision is installed.
 
     python benchmarks/evaluation.py --images 500 5000 --iou-types bbox segm --repeats 3
 """
@@ -34,19 +36,19 @@ METRICS = {"pycocotools": "CocoMetric", "faster_coco_eval": "FastCocoMetric", "h
 
 
 @contextlib.contextmanager
-def timed(cls: type, seconds: list[float]) -> Iterator[None]:
-    """Add the time of every ``evaluate``, ``accumulate`` and ``summarize`` of ``cls`` to ``seconds``."""
+def timed(cls: type, seconds: list[tuple[float, float]]) -> Iterator[None]:
+    """Add the wall and CPU seconds of every ``evaluate``, ``accumulate`` and ``summarize`` of ``cls`` to ``seconds``."""
     names = ("evaluate", "accumulate", "summarize")
     own = {name: cls.__dict__.get(name) for name in names}
     for name in names:
         method = getattr(cls, name)
 
         def wrapper(self: Any, *args: Any, __method: Callable = method, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             try:
                 return __method(self, *args, **kwargs)
             finally:
-                seconds.append(time.perf_counter() - start)
+                seconds.append((time.perf_counter() - start, time.process_time() - cpu))
 
         setattr(cls, name, wrapper)
     try:
@@ -73,18 +75,25 @@ def coco_eval_class(backend: str) -> type:
     return COCOeval
 
 
-def run_metric(backend: str, ann_file: Path, samples: list[dict], iou_type: str) -> dict[str, Any]:
-    """One run of the backend's metric: seconds in all and in COCOeval, the results and the 12 statistics."""
+def build_metric(backend: str, ann_file: Path) -> Any:
+    """The backend's metric, built once as a training run builds it (the ground truth loaded)."""
     from mmdet.registry import METRICS as REGISTRY
 
     from mmdet_lightning.config import init_mmdet_scope
-    from mmdet_lightning.evaluation import record_coco_evals
 
     init_mmdet_scope()
-    in_coco_eval: list[float] = []
-    start = time.perf_counter()
-    metric = REGISTRY.build(dict(type=METRICS[backend], ann_file=str(ann_file), metric=iou_type))
+    with contextlib.redirect_stdout(io.StringIO()):
+        return REGISTRY.build(dict(type=METRICS[backend], ann_file=str(ann_file)))
+
+
+def run_metric(backend: str, metric: Any, samples: list[dict], iou_type: str) -> dict[str, Any]:
+    """One validation with the backend's metric: seconds in all and in COCOeval, the results and the 12 statistics."""
+    from mmdet_lightning.evaluation import record_coco_evals
+
+    in_coco_eval: list[tuple[float, float]] = []
+    metric.metrics = [iou_type]
     metric.dataset_meta = {"classes": ("circle", "square", "triangle")}
+    start = time.perf_counter()
     with timed(coco_eval_class(backend), in_coco_eval), record_coco_evals() as coco_evals, \
             contextlib.redirect_stdout(io.StringIO()):
         for first in range(0, len(samples), 8):
@@ -92,7 +101,8 @@ def run_metric(backend: str, ann_file: Path, samples: list[dict], iou_type: str)
         results = metric.evaluate(len(samples))
     seconds = time.perf_counter() - start
     (coco_eval,) = coco_evals
-    return {"seconds": seconds, "coco_eval_seconds": sum(in_coco_eval), "results": results,
+    return {"seconds": seconds, "coco_eval_seconds": sum(wall for wall, _ in in_coco_eval),
+            "coco_eval_cpu_seconds": sum(cpu for _, cpu in in_coco_eval), "results": results,
             "stats": np.asarray(coco_eval.stats[:12], dtype=float)}
 
 
@@ -125,6 +135,7 @@ def run_torchmetrics(backend: str, ann_file: Path, samples: list[dict]) -> dict[
     out = metric.compute()
     names = dict(zip(KEYS, ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")))
     return {"seconds": time.perf_counter() - start, "coco_eval_seconds": float("nan"),
+            "coco_eval_cpu_seconds": float("nan"),
             "results": {f"coco/bbox_{key}": round(float(out[name]), 3) for key, name in names.items()},
             "stats": np.full(12, np.nan)}
 
@@ -154,8 +165,9 @@ def main() -> None:
                          for s in samples]
             else:
                 batch = samples
+            metrics = {name: build_metric(name, ann_file) for name in args.backends}  # one each, as in training
             runners: dict[str, Callable[[], dict[str, Any]]] = {
-                name: (lambda name=name: run_metric(name, ann_file, batch, iou_type)) for name in args.backends}
+                name: (lambda name=name: run_metric(name, metrics[name], batch, iou_type)) for name in args.backends}
             if iou_type == "bbox":
                 try:
                     from torchmetrics.detection import MeanAveragePrecision  # noqa: F401  needs torchvision
@@ -172,20 +184,23 @@ def main() -> None:
             base = runs["pycocotools"][0]
             base_s = statistics.median(r["seconds"] for r in runs["pycocotools"])
             base_eval_s = statistics.median(r["coco_eval_seconds"] for r in runs["pycocotools"])
+            base_cpu_s = statistics.median(r["coco_eval_cpu_seconds"] for r in runs["pycocotools"])
             for name, results in runs.items():
                 seconds = statistics.median(r["seconds"] for r in results)
                 eval_seconds = statistics.median(r["coco_eval_seconds"] for r in results)
+                cpu_seconds = statistics.median(r["coco_eval_cpu_seconds"] for r in results)
                 stats_diff = max(float(np.max(np.abs(r["stats"] - base["stats"]))) for r in results)
                 reported = [abs(r["results"][key] - base["results"][key]) for r in results for key in base["results"]
                             if key in r["results"]]
                 rows.append((num_images, detections, iou_type, name, seconds, base_s / seconds, eval_seconds,
-                             base_eval_s / eval_seconds, stats_diff, max(reported)))
-    print("| images | detections | type | backend | metric s | speed-up | COCOeval s | speed-up | "
-          "max stats diff | max reported diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for n, d, iou_type, name, s, up, es, eup, diff, rdiff in rows:
-        print(f"| {n} | {d} | {iou_type} | {name} | {s:.2f} | {up:.1f}x | {es:.3f} | {eup:.0f}x | {diff:.1e} | "
-              f"{rdiff:.3f} |")
+                             base_eval_s / eval_seconds, cpu_seconds, base_cpu_s / cpu_seconds,
+                             results[0]["coco_eval_seconds"], stats_diff, max(reported)))
+    print("| images | detections | type | backend | metric s | speed-up | COCOeval s | speed-up | COCOeval CPU s | "
+          "speed-up | first COCOeval s | max stats diff | max reported diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n, d, iou_type, name, s, up, es, eup, cs, cup, first, diff, rdiff in rows:
+        print(f"| {n} | {d} | {iou_type} | {name} | {s:.2f} | {up:.1f}x | {es:.3f} | {eup:.0f}x | {cs:.3f} | "
+              f"{cup:.0f}x | {first:.3f} | {diff:.1e} | {rdiff:.3f} |")
 
 
 if __name__ == "__main__":
