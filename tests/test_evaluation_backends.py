@@ -350,3 +350,29 @@ def test_hotcoco_lvis_eval_unrounded(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert ours[key] == pytest.approx(value, abs=1e-12), key
     np.testing.assert_array_equal(np.asarray(runs[1].eval["precision"]).squeeze(),
                                   np.asarray(runs[0].eval["precision"]).squeeze())
+
+
+@needs_hotcoco
+def test_module_validation_with_hotcoco(shapes_config: Any, tmp_path: Path) -> None:
+    """``MMDetModule(evaluator_backend="hotcoco")`` through Lightning's validate: the logged metrics and the evaluation
+    it keeps for the analytics (``last_coco_eval``, slimmed by the module) equal pycocotools'. An untrained Faster
+    R-CNN: its detections are poor but many (class scores near 1/4), which is all the comparison needs."""
+    from mmdet_lightning import MMDetDataModule, MMDetModule
+    from mmdet_lightning.evaluation import HotCocoEval
+    from mmdet_lightning.lightning_package import pl
+
+    cfg = shapes_config("shapes_faster_rcnn.py")
+    runs = {}
+    for backend in ("pycocotools", "hotcoco"):
+        pl.seed_everything(0)
+        module = MMDetModule(cfg, evaluator_backend=backend)
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                             default_root_dir=str(tmp_path), enable_model_summary=False)
+        (metrics,) = trainer.validate(module, datamodule=MMDetDataModule(cfg), verbose=False)
+        runs[backend] = metrics, module.last_coco_eval["bbox"]
+    (reference, reference_eval), (metrics, coco_eval) = runs["pycocotools"], runs["hotcoco"]
+    assert isinstance(coco_eval, HotCocoEval) and len(coco_eval.cocoDt.anns) > 0
+    assert set(metrics) == set(reference) and "coco/bbox_mAP" in metrics
+    for key, value in reference.items():
+        assert metrics[key] == value, key
+    assert_same_evaluation(coco_eval, reference_eval, exact=True)
