@@ -7,9 +7,10 @@ each ``--iou-types``. Each backend's metric is built once (its ground truth load
 and validates ``--repeats`` times, the backends interleaved. Printed for each: the median seconds of a validation
 (``process`` + ``evaluate``: mask encoding, result files and pycocotools' ``loadRes`` included, which every
 backend shares) and of its COCOeval alone (``evaluate`` + ``accumulate`` + ``summarize``; wall and CPU seconds,
-the CPU time being steadier on a shared machine), the speed-up of each over pycocotools, the COCOeval seconds of the first validation (``HotCocoMetric`` converts the ground truth to
-hotcoco's then, once per metric), and the largest absolute difference from pycocotools of any of the 12
-unrounded COCO statistics and of any reported (rounded) metric. torchmetrics' ``MeanAveragePrecision`` is added,
+the CPU time being steadier on a shared machine), the speed-up of each over pycocotools, the COCOeval seconds of
+the first validation (``HotCocoMetric`` converts the ground truth to hotcoco's then, once per metric), and the
+largest absolute difference from pycocotools of any of the 12 unrounded COCO statistics and of any reported
+(rounded) metric. torchmetrics' ``MeanAveragePrecision`` is added,
 bbox only, where torchvision is installed.
 
     python benchmarks/evaluation.py --images 500 5000 --iou-types bbox segm --repeats 3
