@@ -5,6 +5,7 @@
     "pycocotools"       CocoMetric        pycocotools' COCOeval (mmdet as configured)
     "faster_coco_eval"  FastCocoMetric    faster_coco_eval's COCOeval_faster (C++)
     "hotcoco"           HotCocoMetric     HotCocoEval: pycocotools' COCOeval with evaluate and accumulate in hotcoco (Rust)
+    "auto"              "hotcoco" where hotcoco is installed (a dependency), "pycocotools" otherwise
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from mmdet.datasets.api_wrappers import COCOeval, COCOevalMP
 from mmdet.evaluation.metrics import coco_metric, lvis_metric
 from mmdet.registry import METRICS
 
-__all__ = ["FastCocoMetric", "HotCocoMetric", "HotLVISMetric", "HotCocoEval", "EVALUATOR_BACKENDS", "use_evaluator_backend",
-           "record_coco_evals"]
+__all__ = ["FastCocoMetric", "HotCocoMetric", "HotLVISMetric", "HotCocoEval", "EVALUATOR_BACKENDS",
+           "resolve_evaluator_backend", "use_evaluator_backend", "record_coco_evals"]
 
 _FASTER_COCO_EVAL = RequirementCache("faster-coco-eval>=1.6")
 _HOTCOCO = RequirementCache("hotcoco>=1.3")
-EVALUATOR_BACKENDS = ("pycocotools", "faster_coco_eval", "hotcoco")
-EvaluatorBackend = Literal["pycocotools", "faster_coco_eval", "hotcoco"]
+EVALUATOR_BACKENDS = ("auto", "pycocotools", "faster_coco_eval", "hotcoco")
+#: ``"auto"``: hotcoco where it is installed (a dependency), pycocotools otherwise
+EvaluatorBackend = Literal["auto", "pycocotools", "faster_coco_eval", "hotcoco"]
 #: backend -> (the metrics that replace mmdet's, their requirement, the pip command that installs it)
 _BACKENDS: dict[str, tuple[dict[str, str], RequirementCache, str]] = {
     "faster_coco_eval": ({"CocoMetric": "FastCocoMetric"}, _FASTER_COCO_EVAL, "pip install 'faster-coco-eval>=1.6'"),
@@ -288,12 +290,32 @@ def record_coco_evals() -> Iterator[list[Any]]:
         _recording = outer
 
 
+def resolve_evaluator_backend(backend: EvaluatorBackend) -> str:
+    """The backend ``backend`` names: ``"auto"`` is ``"hotcoco"`` where hotcoco is installed, else ``"pycocotools"``.
+
+    Raises:
+        ValueError: ``backend`` is not one of :data:`EVALUATOR_BACKENDS`.
+
+    Example::
+        >>> resolve_evaluator_backend("pycocotools")
+        'pycocotools'
+        >>> resolve_evaluator_backend("auto") in ("hotcoco", "pycocotools")
+        True
+    """
+    if backend not in EVALUATOR_BACKENDS:
+        raise ValueError(f"Expected argument `evaluator_backend` to be one of {EVALUATOR_BACKENDS}, but got {backend!r}.")
+    if backend == "auto":
+        return "hotcoco" if _HOTCOCO else "pycocotools"
+    return backend
+
+
 def use_evaluator_backend(evaluator_cfg: Any, backend: EvaluatorBackend) -> Any:
     """The evaluator config with every ``CocoMetric`` computed by ``backend`` (a copy when changed).
 
-    ``"pycocotools"`` leaves it as configured; ``"faster_coco_eval"`` makes each ``CocoMetric`` a
-    ``FastCocoMetric``; ``"hotcoco"`` each ``CocoMetric`` a ``HotCocoMetric`` and each ``LVISMetric`` a
-    ``HotLVISMetric``. Other metrics are left alone.
+    ``"auto"`` is ``"hotcoco"`` where hotcoco is installed and ``"pycocotools"`` otherwise
+    (:func:`resolve_evaluator_backend`); ``"pycocotools"`` leaves it as configured; ``"faster_coco_eval"`` makes
+    each ``CocoMetric`` a ``FastCocoMetric``; ``"hotcoco"`` each ``CocoMetric`` a ``HotCocoMetric`` and each
+    ``LVISMetric`` a ``HotLVISMetric``. Other metrics are left alone.
 
     Raises:
         ValueError: ``backend`` is not one of :data:`EVALUATOR_BACKENDS`.
@@ -307,8 +329,7 @@ def use_evaluator_backend(evaluator_cfg: Any, backend: EvaluatorBackend) -> Any:
         >>> use_evaluator_backend(dict(type="LVISMetric"), "faster_coco_eval")["type"]
         'LVISMetric'
     """
-    if backend not in EVALUATOR_BACKENDS:
-        raise ValueError(f"Expected argument `evaluator_backend` to be one of {EVALUATOR_BACKENDS}, but got {backend!r}.")
+    backend = resolve_evaluator_backend(backend)
     if backend == "pycocotools":
         return evaluator_cfg
     replacements, requirement, install = _BACKENDS[backend]

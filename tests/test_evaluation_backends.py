@@ -225,8 +225,8 @@ def test_hotcoco_use_mp_eval_keeps_its_summary(tmp_path: Path) -> None:
 def test_unknown_backend_lists_the_valid_ones() -> None:
     from mmdet_lightning.evaluation import EVALUATOR_BACKENDS, use_evaluator_backend
 
-    assert EVALUATOR_BACKENDS == ("pycocotools", "faster_coco_eval", "hotcoco")
-    with pytest.raises(ValueError, match=r"one of \('pycocotools', 'faster_coco_eval', 'hotcoco'\), but got 'hot_coco'"):
+    assert EVALUATOR_BACKENDS == ("auto", "pycocotools", "faster_coco_eval", "hotcoco")
+    with pytest.raises(ValueError, match=r"one of \('auto', 'pycocotools', 'faster_coco_eval', 'hotcoco'\), but got 'hot_coco'"):
         use_evaluator_backend(dict(type="CocoMetric"), "hot_coco")  # type: ignore[arg-type]
 
 
@@ -376,3 +376,29 @@ def test_module_validation_with_hotcoco(shapes_config: Any, tmp_path: Path) -> N
     for key, value in reference.items():
         assert metrics[key] == value, key
     assert_same_evaluation(coco_eval, reference_eval, exact=True)
+
+
+def test_auto_backend_is_hotcoco_where_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``evaluator_backend="auto"``: ``HotCocoMetric`` with hotcoco, the config's ``CocoMetric`` without it."""
+    from lightning_utilities.core.imports import RequirementCache
+
+    from mmdet_lightning import evaluation
+
+    evaluators = [dict(type="CocoMetric", metric="bbox"), dict(type="LVISMetric")]
+    if evaluation._HOTCOCO:
+        assert evaluation.resolve_evaluator_backend("auto") == "hotcoco"
+        assert [e["type"] for e in evaluation.use_evaluator_backend(evaluators, "auto")] == \
+            ["HotCocoMetric", "HotLVISMetric"]
+    monkeypatch.setattr(evaluation, "_HOTCOCO", RequirementCache("hotcoco>=999"))
+    assert evaluation.resolve_evaluator_backend("auto") == "pycocotools"
+    assert evaluation.use_evaluator_backend(evaluators, "auto") is evaluators
+
+
+@needs_hotcoco
+def test_module_auto_backend() -> None:
+    from mmdet_lightning import MMDetModule
+
+    from .conftest import CONFIGS
+
+    module = MMDetModule(CONFIGS / "shapes_mask_rcnn.py", evaluator_backend="auto")
+    assert module.cfg.val_evaluator.type == "HotCocoMetric"
