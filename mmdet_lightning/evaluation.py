@@ -4,7 +4,7 @@
     backend             metric            COCOeval it builds
     "pycocotools"       CocoMetric        pycocotools' COCOeval (mmdet as configured)
     "faster_coco_eval"  FastCocoMetric    faster_coco_eval's COCOeval_faster (C++)
-    "hotcoco"           HotCocoMetric     HotCocoEval: pycocotools' COCOeval with evaluate and accumulate in hotcoco (Rust)
+    "hotcoco"           HotCocoMetric     HotCocoEval: pycocotools' COCOeval, evaluate and accumulate in hotcoco
     "auto"              "hotcoco" where hotcoco is installed (a dependency), "pycocotools" otherwise
 """
 
@@ -14,7 +14,8 @@ import contextlib
 import copy
 import types
 import weakref
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from lightning_utilities.core.imports import RequirementCache
@@ -303,7 +304,8 @@ def resolve_evaluator_backend(backend: EvaluatorBackend) -> str:
         True
     """
     if backend not in EVALUATOR_BACKENDS:
-        raise ValueError(f"Expected argument `evaluator_backend` to be one of {EVALUATOR_BACKENDS}, but got {backend!r}.")
+        raise ValueError(
+            f"Expected argument `evaluator_backend` to be one of {EVALUATOR_BACKENDS}, but got {backend!r}.")
     if backend == "auto":
         return "hotcoco" if _HOTCOCO else "pycocotools"
     return backend
@@ -329,10 +331,10 @@ def use_evaluator_backend(evaluator_cfg: Any, backend: EvaluatorBackend) -> Any:
         >>> use_evaluator_backend(dict(type="LVISMetric"), "faster_coco_eval")["type"]
         'LVISMetric'
     """
-    backend = resolve_evaluator_backend(backend)
-    if backend == "pycocotools":
+    resolved = resolve_evaluator_backend(backend)
+    if resolved == "pycocotools":
         return evaluator_cfg
-    replacements, requirement, install = _BACKENDS[backend]
+    replacements, requirement, install = _BACKENDS[resolved]
     if not requirement:
         raise ModuleNotFoundError(f"evaluator_backend={backend!r} needs a package that is not installed "
                                   f"({requirement}).\nHint: {install}")

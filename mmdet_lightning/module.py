@@ -77,8 +77,10 @@ class MMDetModule(pl.LightningModule):
         load_from: mmdet or mmdet-lightning checkpoint (path or URL) to start from; defaults to the
             config's ``load_from``. Tensors that do not fit (another class count, say) are reported and skipped.
         data_root: dataset folder to use instead of the config's ``data_root`` (evaluator paths included).
-        evaluator_backend: ``"pycocotools"`` (mmdet's ``CocoMetric`` as configured) or ``"faster_coco_eval"``
-            (``FastCocoMetric``: the same numbers, faster).
+        evaluator_backend: ``"auto"`` (``"hotcoco"`` where hotcoco is installed, as it is with this package, else
+            ``"pycocotools"``), ``"pycocotools"`` (mmdet's ``CocoMetric`` as configured), ``"faster_coco_eval"``
+            (``FastCocoMetric``) or ``"hotcoco"`` (``HotCocoMetric``): the same numbers as pycocotools
+            (:mod:`mmdet_lightning.evaluation`).
         invalid_loss: what a NaN or infinite loss does (mmdet's ``CheckInvalidLossHook``): ``"raise"`` stops
             training with a ``FloatingPointError`` naming the iteration and every loss term; ``"skip"`` warns
             and skips the optimizer step, its gradients discarded, leaving weights and optimizer untouched
@@ -113,7 +115,7 @@ class MMDetModule(pl.LightningModule):
     RESUME_KEY = RUN_STATE_KEY
 
     def __init__(self, config: ConfigLike, load_from: str | None = None, data_root: str | None = None,
-                 evaluator_backend: EvaluatorBackend = "pycocotools", invalid_loss: InvalidLoss = "raise",
+                 evaluator_backend: EvaluatorBackend = "auto", invalid_loss: InvalidLoss = "raise",
                  cfg_options: dict[str, Any] | list[str] | None = None, trust_checkpoint: bool = False) -> None:
         check_one_package(type(self).__name__)
         super().__init__()

@@ -66,7 +66,7 @@ def make_samples(ann_file: Path, num_classes: int, variant: str, seed: int = 0) 
         bboxes = np.clip(np.array(boxes, dtype=np.float32).reshape(-1, 4), 0, [w, h, w, h])
         yy, xx = np.mgrid[0:h, 0:w]
         masks = np.zeros((len(bboxes), h, w), dtype=bool)
-        for mask, (x0, y0, x1, y1) in zip(masks, bboxes):
+        for mask, (x0, y0, x1, y1) in zip(masks, bboxes, strict=False):
             cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, max((x1 - x0) / 2, 1), max((y1 - y0) / 2, 1)
             mask[((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1] = True
         scores = rng.uniform(0.05, 1.0, len(bboxes)).astype(np.float32)
@@ -83,7 +83,8 @@ def make_samples(ann_file: Path, num_classes: int, variant: str, seed: int = 0) 
 
 def evaluate(metric_type: str, ann_file: Path, classes: list[str], samples: list[dict], metric: Any = ("bbox", "segm"),
              **kwargs: Any) -> tuple[dict[str, float], list[Any]]:
-    """``metric_type(classwise=True)``'s results and the ``COCOeval`` objects it built (recorded, as the module does)."""
+    """``metric_type(classwise=True)``'s results and the ``COCOeval`` objects it built (recorded, as the module
+    does)."""
     init_mmdet_scope()
     from mmdet.registry import METRICS
 
@@ -120,7 +121,7 @@ def test_backend_reports_coco_metric_numbers(tmp_path: Path, variant: str, backe
 
     # the unrounded numbers of the COCOeval each built, and what the analytics read from it
     assert [ev.params.iouType for ev in coco_evals] == [ev.params.iouType for ev in reference_evals] == ["bbox", "segm"]
-    for ours, theirs in zip(coco_evals, reference_evals):
+    for ours, theirs in zip(coco_evals, reference_evals, strict=False):
         assert_same_evaluation(ours, theirs, exact=backend == "HotCocoMetric")
 
 
@@ -172,7 +173,7 @@ def test_hotcoco_with_mmdet_options(tmp_path: Path) -> None:
         reference, reference_evals = evaluate("CocoMetric", ann_file, classes, samples, metric, **extra)
         results, coco_evals = evaluate("HotCocoMetric", ann_file, classes, samples, metric, **extra)
         assert results == reference and len(coco_evals) == len(reference_evals)
-        for ours, theirs in zip(coco_evals, reference_evals):
+        for ours, theirs in zip(coco_evals, reference_evals, strict=False):
             np.testing.assert_array_equal(np.asarray(ours.stats), np.asarray(theirs.stats))
             np.testing.assert_array_equal(ours.eval["precision"], theirs.eval["precision"])
 
@@ -201,8 +202,9 @@ def test_hotcoco_eval_reads_as_pycocotools(tmp_path: Path) -> None:
 def test_hotcoco_use_mp_eval_keeps_its_summary(tmp_path: Path) -> None:
     """``CocoMetric(use_mp_eval=True)`` builds mmdet's ``COCOevalMP`` (mAP at the largest ``maxDets``): the same
     numbers from hotcoco, without worker processes."""
-    from mmdet_lightning.evaluation import HotCocoEval, HotCocoEvalMP
     from mmdet.datasets.api_wrappers import COCO, COCOevalMP
+
+    from mmdet_lightning.evaluation import HotCocoEval, HotCocoEvalMP
 
     ann_file, classes = make_dataset(tmp_path, "many_detections")
     _, (plain,) = evaluate("CocoMetric", ann_file, classes, make_samples(ann_file, len(classes), "many_detections"),
@@ -226,7 +228,8 @@ def test_unknown_backend_lists_the_valid_ones() -> None:
     from mmdet_lightning.evaluation import EVALUATOR_BACKENDS, use_evaluator_backend
 
     assert EVALUATOR_BACKENDS == ("auto", "pycocotools", "faster_coco_eval", "hotcoco")
-    with pytest.raises(ValueError, match=r"one of \('auto', 'pycocotools', 'faster_coco_eval', 'hotcoco'\), but got 'hot_coco'"):
+    valid = r"one of \('auto', 'pycocotools', 'faster_coco_eval', 'hotcoco'\), but got 'hot_coco'"
+    with pytest.raises(ValueError, match=valid):
         use_evaluator_backend(dict(type="CocoMetric"), "hot_coco")  # type: ignore[arg-type]
 
 
@@ -275,7 +278,7 @@ def make_lvis_dataset(tmp_path: Path, seed: int = 0) -> Path:
     root = make_shapes_dataset(tmp_path / "lvis", ShapesConfig(num_train=0, num_val=20, seed=seed))
     coco = json.loads((root / "annotations" / "instances_val.json").read_text())
     rng = np.random.default_rng(seed)
-    for category, frequency in zip(coco["categories"], "fcr"):
+    for category, frequency in zip(coco["categories"], "fcr", strict=False):
         category["frequency"] = frequency
     present: dict[int, set[int]] = {image["id"]: set() for image in coco["images"]}
     for ann in coco["annotations"]:
@@ -331,7 +334,7 @@ def test_hotcoco_lvis_eval_unrounded(tmp_path: Path, monkeypatch: pytest.MonkeyP
     for sample in make_samples(ann_file, len(CLASSES), "many_detections", seed=2):
         pred = sample["pred_instances"]
         for box, score, label, mask in zip(pred["bboxes"].tolist(), pred["scores"].tolist(), pred["labels"].tolist(),
-                                           pred["masks"].numpy()):
+                                           pred["masks"].numpy(), strict=False):
             detection = {"image_id": sample["img_id"], "category_id": label + 1, "score": score,
                          "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}
             if iou_type == "segm":
