@@ -185,7 +185,9 @@ def export_onnx(module: Any, path: str | os.PathLike, input_size: Sequence[int] 
                           op="RoiAlign")
     path = Path(path)
     fixed = input_size is not None
-    height, width = (int(input_size[0]), int(input_size[1])) if fixed else _sample_size(pipeline)
+    # a dynamic graph is traced at a size where no feature map is 1 pixel and height != width, so that
+    # nothing is specialised to the sample
+    height, width = (int(input_size[0]), int(input_size[1])) if fixed else (320, 416)
     names = list(classes) if classes is not None else class_names(cfg, detector)
 
     was_training = detector.training
@@ -201,11 +203,11 @@ def export_onnx(module: Any, path: str | os.PathLike, input_size: Sequence[int] 
                 dims = {2: torch.export.Dim("height", min=16, max=8192), 3: torch.export.Dim("width", min=16, max=8192)}
                 dynamic_shapes = {"image": dims, "img_shape": None, "scale_factor": None}
             try:
+                exported = _torch_export(graph, args, dynamic_shapes)
                 program = torch.onnx.export(
-                    graph, args, None, dynamo=True, input_names=list(INPUT_NAMES), output_names=output_names,
-                    opset_version=opset_version, dynamic_shapes=dynamic_shapes,
-                    custom_translation_table=onnx_translations(), external_data=False, optimize=True,
-                    verbose=False)
+                    exported, args, None, dynamo=True, input_names=list(INPUT_NAMES), output_names=output_names,
+                    opset_version=opset_version, custom_translation_table=onnx_translations(),
+                    external_data=False, optimize=True, verbose=False)
             except ExportError as error:
                 raise error.with_family(family)
             except Exception as error:  # torch.export / ONNX translation failures
@@ -216,6 +218,19 @@ def export_onnx(module: Any, path: str | os.PathLike, input_size: Sequence[int] 
 
     metadata = _metadata(detector, cfg, graph, pipeline, names, fixed, (height, width), opset_version)
     return _write(proto, path, metadata, family, args if check else None)
+
+
+def _torch_export(graph: nn.Module, args: tuple[Any, ...], dynamic_shapes: Any) -> Any:
+    """``torch.export.export`` of the graph (non-strict). With a dynamic input size, sizes are traced
+    "size-oblivious": a feature map may be 1 pixel high or wide at run time (small images, the coarsest
+    levels) without the trace assuming >= 2 and specialising; failures raise here rather than fall back to a
+    specialised graph."""
+    import torch.fx.experimental._config as fx_config
+
+    if dynamic_shapes is None:
+        return torch.export.export(graph, args, strict=False)
+    with fx_config.patch(backed_size_oblivious=True):
+        return torch.export.export(graph, args, dynamic_shapes=dynamic_shapes, strict=False)
 
 
 def _export_failure(error: BaseException) -> str:

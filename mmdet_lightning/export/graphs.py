@@ -153,8 +153,9 @@ class DetectorGraph(nn.Module):
         divisor = self.pad_size_divisor
         if divisor > 1:
             height, width = x.shape[-2], x.shape[-1]
-            pad_h = -(-height // divisor) * divisor - height
-            pad_w = -(-width // divisor) * divisor - width
+            # (d - n % d) % d, not the ceil-division form: ONNX's integer Div truncates negative quotients
+            pad_h = (divisor - height % divisor) % divisor
+            pad_w = (divisor - width % divisor) % divisor
             x = nn.functional.pad(x, (0, pad_w, 0, pad_h), value=self.pad_value)
         return x
 
