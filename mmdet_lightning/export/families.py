@@ -49,6 +49,23 @@ def _check_mmcv_ops(detector: nn.Module, family: str) -> None:
                               f"{', '.join(SUPPORTED_MMCV_OPS)}, mmcv's nms)", family=family, op=cls.__name__)
 
 
+def _check_nms(cfg: Any, family: str, where: str) -> None:
+    """The NMS settings of a ``test_cfg`` that the graphs reproduce: mmcv's ``nms`` only."""
+    nms = (cfg or {}).get("nms") if hasattr(cfg, "get") else None
+    if nms is None:
+        return
+    kind = nms.get("type", "nms")
+    if kind != "nms":
+        raise ExportError(f"NMS of type {kind!r} in {where} has no export form (only 'nms')", family=family,
+                          op=str(kind))
+    unknown = set(nms) - {"type", "iou_threshold", "iou_thr", "class_agnostic", "max_num", "score_threshold",
+                          "split_thr", "offset"}
+    if unknown:
+        raise ExportError(f"NMS options {sorted(unknown)} in {where} have no export form", family=family, op="nms")
+    if nms.get("offset", 0) != 0:
+        raise ExportError(f"NMS with offset={nms['offset']} in {where} has no ONNX form", family=family, op="nms")
+
+
 def _overrides(obj: Any, base: type, method: str) -> bool:
     return getattr(type(obj), method) is not getattr(base, method)
 
@@ -80,6 +97,8 @@ def check_exportable(detector: nn.Module) -> Family:
         if roi.with_mask and _name(roi.mask_head) not in _MASK_HEADS:
             raise ExportError(f"mask head {_name(roi.mask_head)} has no export form (only "
                               f"{', '.join(_MASK_HEADS)})", family=family, op=_name(roi.mask_head))
+        _check_nms(rpn.test_cfg, family, "test_cfg.rpn")
+        _check_nms(roi.test_cfg, family, "test_cfg.rcnn")
         if getattr(roi, "with_semantic", False):
             raise ExportError("semantic heads have no export form", family=family, op="semantic_head")
         return Family("two_stage", family, with_mask=bool(roi.with_mask))
@@ -94,6 +113,7 @@ def check_exportable(detector: nn.Module) -> Family:
         if _name(head.prior_generator) not in ("AnchorGenerator", "MlvlPointGenerator"):
             raise ExportError(f"prior generator {_name(head.prior_generator)} has no export form", family=family,
                               op=_name(head.prior_generator))
+        _check_nms(head.test_cfg, family, "test_cfg")
         return Family("dense", family)
     raise ExportError("only one-stage (dense head) and two-stage (RPN + RoI head) detectors have export graphs",
                       family=family, op=_name(detector))

@@ -107,7 +107,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, valid: Tensor, nms_
     inner_max = int(nms_cfg.pop("max_num", -1))
     score_thr = float(nms_cfg.pop("score_threshold", 0.0))
     nms_cfg.pop("split_thr", None)
-    nms_cfg.pop("offset", None)
+    if nms_cfg.pop("offset", 0) != 0:
+        raise ExportError("NMS with a nonzero offset has no ONNX form", op="nms")
     if nms_cfg:
         raise ExportError(f"NMS options {sorted(nms_cfg)} have no export form", op="nms")
     if score_thr > 0:

@@ -53,21 +53,43 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def compare_detections(expected: dict[str, np.ndarray], actual: Any, image_size: Sequence[int]) -> dict[str, Any]:
-    """How far ``actual`` (a :class:`~mmdet_lightning.deploy.Detections` or a dict) is from ``expected``: detection
-    counts, whether labels agree in order, the largest box difference divided by the image's larger side,
-    the largest score difference, and the smallest mask IoU."""
-    get = (lambda k: getattr(actual, k)) if not isinstance(actual, dict) else actual.get
-    boxes, scores, labels = np.asarray(get("boxes")), np.asarray(get("scores")), np.asarray(get("labels"))
-    report: dict[str, Any] = {"count": (len(expected["scores"]), len(scores))}
-    n = min(len(scores), len(expected["scores"]))
-    report["labels_equal"] = len(scores) == len(expected["scores"]) and bool(
-        np.array_equal(labels.astype(np.int64), expected["labels"]))
+def compare_detections(expected: dict[str, np.ndarray], actual: Any, image_size: Sequence[int],
+                       box_tol: float = 1e-3, score_tol: float = 1e-4) -> dict[str, Any]:
+    """How far ``actual`` (a :class:`~mmdet_lightning.deploy.Detections` or a dict of arrays) is from
+    ``expected``, detection by detection.
+
+    Detections are paired in order; where scores tie (within ``score_tol``) the order among them is free, so a
+    detection is paired with the first unpaired one of the same label whose score and box are within tolerance
+    (``box_tol`` times the image's larger side). Returns the counts, ``matched`` (every detection paired),
+    ``same_order`` (paired in order), the largest box difference over the image's larger side, the largest
+    score difference and the smallest mask IoU of the pairs."""
+    get = (lambda k: getattr(actual, k, None)) if not isinstance(actual, dict) else actual.get
+    boxes, scores = np.asarray(get("boxes"), np.float64), np.asarray(get("scores"), np.float64)
+    labels = np.asarray(get("labels")).astype(np.int64)
+    e_boxes, e_scores = np.asarray(expected["boxes"], np.float64), np.asarray(expected["scores"], np.float64)
+    e_labels = np.asarray(expected["labels"]).astype(np.int64)
     side = float(max(image_size))
-    report["box_diff"] = float(np.abs(boxes[:n] - expected["boxes"][:n]).max() / side) if n else 0.0
-    report["score_diff"] = float(np.abs(scores[:n] - expected["scores"][:n]).max()) if n else 0.0
+    pairs: list[tuple[int, int]] = []
+    used = np.zeros(len(scores), dtype=bool)
+    for i in range(len(e_scores)):
+        order = [i] + [j for j in range(len(scores)) if j != i] if i < len(scores) else range(len(scores))
+        for j in order:
+            if used[j] or labels[j] != e_labels[i] or abs(scores[j] - e_scores[i]) > score_tol:
+                continue
+            if np.abs(boxes[j] - e_boxes[i]).max() / side > box_tol:
+                continue
+            used[j] = True
+            pairs.append((i, j))
+            break
+    report: dict[str, Any] = {
+        "count": (len(e_scores), len(scores)),
+        "matched": len(pairs) == len(e_scores) == len(scores),
+        "same_order": all(i == j for i, j in pairs) and len(pairs) == len(e_scores) == len(scores),
+        "box_diff": max((float(np.abs(boxes[j] - e_boxes[i]).max() / side) for i, j in pairs), default=0.0),
+        "score_diff": max((float(abs(scores[j] - e_scores[i])) for i, j in pairs), default=0.0),
+    }
     masks = get("masks")
     if "masks" in expected and masks is not None:
-        ious = [_mask_iou(a, b) for a, b in zip(expected["masks"][:n], np.asarray(masks)[:n])]
-        report["mask_iou_min"] = min(ious) if ious else 1.0
+        masks = np.asarray(masks)
+        report["mask_iou_min"] = min((_mask_iou(expected["masks"][i], masks[j]) for i, j in pairs), default=1.0)
     return report
