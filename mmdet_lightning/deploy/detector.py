@@ -95,6 +95,7 @@ class OnnxDetector:
         self.pipeline: list[dict[str, Any]] = list(self.metadata.get("pipeline") or [])
         self.input_size: list[int] | None = self.metadata.get("input_size")
         self.pad_value = np.asarray(self.metadata.get("pad_value", [0.0, 0.0, 0.0]), dtype=np.float32)
+        self.size_divisor = int(self.metadata.get("size_divisor", 1) or 1)
         self.score_thr = float(score_thr)
         self._inputs = [i.name for i in self.session.get_inputs()]
         self._outputs = [o.name for o in self.session.get_outputs()]
@@ -119,11 +120,16 @@ class OnnxDetector:
                 raise ValueError(f"Expected channel_order 'bgr' or 'rgb', but got {channel_order!r}.")
         pixels, meta = apply_pipeline(pixels, self.pipeline)
         chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
-        if self.input_size is not None:  # a fixed-size graph: pad bottom/right with what normalises to 0
+        if self.input_size is not None:  # a fixed-size graph: pad bottom/right to it
             height, width = self.input_size
             if chw.shape[1] > height or chw.shape[2] > width:
                 raise ValueError(f"The image after the pipeline is {chw.shape[2]}x{chw.shape[1]}, larger than the "
                                  f"model's fixed input size {width}x{height}: export with a dynamic input size.")
+        else:  # to a multiple of the size divisor, as mmdet's data preprocessor pads
+            divisor = self.size_divisor
+            height = -(-chw.shape[1] // divisor) * divisor
+            width = -(-chw.shape[2] // divisor) * divisor
+        if (height, width) != chw.shape[1:]:  # with the pixel value that normalises to 0
             full = np.empty((3, height, width), dtype=np.float32)
             full[...] = self.pad_value[:, None, None]
             full[:, : chw.shape[1], : chw.shape[2]] = chw

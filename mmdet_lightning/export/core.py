@@ -148,7 +148,8 @@ def export_onnx(module: Any, path: str | os.PathLike, input_size: Sequence[int] 
     The graph: channel order, normalisation and padding of the data preprocessor, backbone, neck, heads and
     post-processing (box decoding, score threshold, NMS, top-k; per-box masks for Mask R-CNN) with the config's
     ``test_cfg``. Inputs: ``image`` (float32 ``(1, 3, H, W)``, the test pipeline's output, channels as loaded:
-    BGR), ``img_shape`` (int64 ``[h, w]``) and ``scale_factor`` (float32 ``[w, h]``, ``[1, 1]`` for boxes
+    BGR, padded at the bottom and right to a multiple of the data preprocessor's ``pad_size_divisor`` with the
+    metadata's ``pad_value``, the pixel value that normalises to 0, as the preprocessor pads), ``img_shape`` (int64 ``[h, w]``) and ``scale_factor`` (float32 ``[w, h]``, ``[1, 1]`` for boxes
     in the input's coordinates); outputs ``boxes``, ``scores``, ``labels`` (and ``masks``: ``(N, M, M)`` mask
     probabilities of each box's class). The test pipeline and class names go into the file's metadata, for
     :class:`mmdet_lightning.deploy.OnnxDetector`.
@@ -198,12 +199,18 @@ def export_onnx(module: Any, path: str | os.PathLike, input_size: Sequence[int] 
             image = torch.rand(1, 3, height, width) * 255
             args = (image, torch.tensor([height, width], dtype=torch.int64), torch.ones(2, dtype=torch.float32))
             output_names = ["boxes", "scores", "labels"] + (["masks"] if getattr(graph, "with_mask", False) else [])
-            dynamic_shapes = None
-            if not fixed:
-                dims = {2: torch.export.Dim("height", min=16, max=8192), 3: torch.export.Dim("width", min=16, max=8192)}
-                dynamic_shapes = {"image": dims, "img_shape": None, "scale_factor": None}
+            divisor = max(int(graph.pad_size_divisor), 1)
             try:
-                exported = _torch_export(graph, args, dynamic_shapes)
+                try:
+                    exported = _torch_export(graph, args, None if fixed else _dynamic_shapes(divisor))
+                except Exception as error:
+                    # a network that needs sizes of a multiple of its largest stride (a PAFPN upsamples and
+                    # concatenates; mmdet fails on other sizes too): torch.export says which, trace with it
+                    multiple = _required_multiple(error)
+                    if fixed or multiple is None or multiple % divisor:
+                        raise
+                    divisor = multiple
+                    exported = _torch_export(graph, args, _dynamic_shapes(divisor))
                 program = torch.onnx.export(
                     exported, args, None, dynamo=True, input_names=list(INPUT_NAMES), output_names=output_names,
                     opset_version=opset_version, custom_translation_table=onnx_translations(),
@@ -216,8 +223,28 @@ def export_onnx(module: Any, path: str | os.PathLike, input_size: Sequence[int] 
     finally:
         detector.train(was_training)
 
-    metadata = _metadata(detector, cfg, graph, pipeline, names, fixed, (height, width), opset_version)
+    metadata = _metadata(detector, cfg, graph, pipeline, names, fixed, (height, width), opset_version, divisor)
     return _write(proto, path, metadata, family, args if check else None)
+
+
+def _dynamic_shapes(divisor: int) -> dict[str, Any]:
+    """Any height and width that are multiples of ``divisor`` (the client pads to it, with what normalises to 0,
+    as mmdet's data preprocessor pads); multiples let necks that upsample and concatenate (PAFPN) trace."""
+    if divisor > 1:
+        dims = {2: divisor * torch.export.Dim("height_blocks", min=1, max=8192 // divisor),
+                3: divisor * torch.export.Dim("width_blocks", min=1, max=8192 // divisor)}
+    else:
+        dims = {2: torch.export.Dim("height", min=16, max=8192), 3: torch.export.Dim("width", min=16, max=8192)}
+    return {"image": dims, "img_shape": None, "scale_factor": None}
+
+
+def _required_multiple(error: BaseException) -> int | None:
+    """The size multiple torch.export's constraint report suggests (``height = 32*_height``), if any."""
+    import re
+
+    text = str(error) + str(error.__cause__ or "")
+    found = {int(m) for m in re.findall(r"(?:height|width) = (\d+)\*_(?:height|width)", text)}
+    return max(found) if found else None
 
 
 def _torch_export(graph: nn.Module, args: tuple[Any, ...], dynamic_shapes: Any) -> Any:
@@ -256,7 +283,8 @@ def _failed_op(error: BaseException) -> str | None:
 
 
 def _metadata(detector: nn.Module, cfg: Any, graph: nn.Module, pipeline: list[dict[str, Any]],
-              classes: list[str], fixed: bool, size: tuple[int, int], opset_version: int) -> dict[str, Any]:
+              classes: list[str], fixed: bool, size: tuple[int, int], opset_version: int,
+              size_divisor: int) -> dict[str, Any]:
     import mmdet
 
     pre = detector.data_preprocessor
@@ -275,6 +303,7 @@ def _metadata(detector: nn.Module, cfg: Any, graph: nn.Module, pipeline: list[di
         "channel_order": "bgr",
         "input_size": list(size) if fixed else None,
         "pad_value": mean,
+        "size_divisor": int(size_divisor),
         "mask_thr_binary": float(rcnn.get("mask_thr_binary", 0.5)) if hasattr(rcnn, "get") else 0.5,
         "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}, mmdet {mmdet.__version__}, "
                     f"opset {opset_version}",
