@@ -110,7 +110,11 @@ def check_exportable(detector: nn.Module) -> Family:
             if _overrides(head, BaseDenseHead, method):
                 raise ExportError(f"head {_name(head)} post-processes in its own way ({method}), which has no "
                                   "export form yet", family=family, op=f"{_name(head)}.{method}")
-        if _name(head.prior_generator) not in ("AnchorGenerator", "MlvlPointGenerator"):
+        from mmdet.models.task_modules.prior_generators import AnchorGenerator, MlvlPointGenerator
+
+        generator = head.prior_generator
+        bases = [b for b in (AnchorGenerator, MlvlPointGenerator) if isinstance(generator, b)]
+        if not bases or any(_overrides(generator, bases[0], m) for m in ("grid_priors", "single_level_grid_priors")):
             raise ExportError(f"prior generator {_name(head.prior_generator)} has no export form", family=family,
                               op=_name(head.prior_generator))
         _check_nms(head.test_cfg, family, "test_cfg")

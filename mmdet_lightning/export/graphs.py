@@ -205,7 +205,7 @@ def dense_predict(head: Any, cls_scores: list[Tensor], bbox_preds: list[Tensor],
     for level, (cls_score, bbox_pred, priors) in enumerate(zip(cls_scores, bbox_preds, mlvl_priors)):
         bbox_pred = bbox_pred[0].permute(1, 2, 0).reshape(-1, dim)
         cls_score = cls_score[0].permute(1, 2, 0).reshape(-1, num_classes)
-        if getattr(head.loss_cls, "custom_cls_channels", False):
+        if getattr(getattr(head, "loss_cls", None), "custom_cls_channels", False):
             raise ExportError("a classification loss with custom channels has no export form",
                               op=_type_name(head.loss_cls))
         scores = cls_score.sigmoid() if head.use_sigmoid_cls else cls_score.softmax(-1)[:, :-1]
