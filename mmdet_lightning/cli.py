@@ -6,6 +6,8 @@
     mmdet-lightning validate --config configs/lightning/shapes_faster_rcnn.yaml --ckpt_path last.ckpt
     mmdet-lightning predict --config ... --ckpt_path last.ckpt --data.predict_folder my_images/
     mmdet-lightning data --out data/shapes                            # write the synthetic dataset
+    mmdet-lightning export configs/mmdet/shapes_faster_rcnn.py --ckpt_path model.pth --output model.onnx
+    mmdet-lightning predict model.onnx my_images/ --output predictions/ # onnxruntime only (no torch needed)
 """
 
 from __future__ import annotations
@@ -149,7 +151,8 @@ def _take_cfg_options(args: list[str]) -> tuple[list[str], list[str]]:
 def _print_help() -> None:
     print(__doc__.strip().split("\n\n")[0] + "\n\nSubcommands: fit, validate, test, predict (Lightning CLI; "
           "`mmdet-lightning fit --help` lists every option), data (the synthetic dataset; "
-          "`mmdet-lightning data --help`).\n\nOptions of every subcommand, besides Lightning's:\n"
+          "`mmdet-lightning data --help`), export (a trained detector to ONNX; `mmdet-lightning export --help`), "
+          "predict MODEL.onnx FOLDER (the exported model on onnxruntime; `mmdet-lightning predict x.onnx --help`).\n\nOptions of every subcommand, besides Lightning's:\n"
           "  --cfg-options KEY=VALUE ...  override mmdet config values, as mmdet's tools/train.py (mmengine's "
           "DictAction syntax: lr=0.01, scale=(96,96), milestones=[6,9]); a key not in the config is an error\n"
           "\nExamples:\n" + __doc__.strip().split("\n\n")[1])
@@ -165,6 +168,16 @@ def run(argv: Sequence[str] | None = None) -> "MMDetLightningCLI | None":
         from .synthetic import main as data_main
 
         data_main(args[1:])
+        return None
+    if args and args[0] == "export":
+        from .export.cli import main as export_main
+
+        export_main(args[1:])
+        return None
+    if len(args) >= 2 and args[0] == "predict" and args[1].endswith(".onnx"):
+        from .deploy.predict import main as deploy_predict
+
+        deploy_predict(args)
         return None
     if not args or args[0] in ("-h", "--help"):
         _print_help()

@@ -1,0 +1,123 @@
+"""Which detectors have an export graph, and why the others do not (named family and op)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .errors import ExportError
+from .ops import SUPPORTED_MMCV_OPS
+
+__all__ = ["Family", "check_exportable", "describe_family"]
+
+_TWO_STAGE_RPN = ("RPNHead",)
+_TWO_STAGE_ROI = ("StandardRoIHead",)
+_ROI_EXTRACTORS = ("SingleRoIExtractor",)
+_MASK_HEADS = ("FCNMaskHead",)
+
+
+@dataclass(frozen=True)
+class Family:
+    """An exportable detector: ``kind`` is ``"dense"`` or ``"two_stage"``; ``name`` says what it is."""
+
+    kind: str
+    name: str
+    with_mask: bool = False
+
+
+def _name(obj: Any) -> str:
+    return type(obj).__name__
+
+
+def describe_family(detector: nn.Module) -> str:
+    """``"RetinaNet (one-stage, RetinaHead)"``, ``"MaskRCNN (two-stage, RPNHead + StandardRoIHead)"``..."""
+    if hasattr(detector, "bbox_head") and not hasattr(detector, "roi_head"):
+        return f"{_name(detector)} (one-stage, {_name(detector.bbox_head)})"
+    if hasattr(detector, "roi_head"):
+        rpn = _name(detector.rpn_head) if getattr(detector, "rpn_head", None) is not None else "no RPN"
+        return f"{_name(detector)} (two-stage, {rpn} + {_name(detector.roi_head)})"
+    return _name(detector)
+
+
+def _check_mmcv_ops(detector: nn.Module, family: str) -> None:
+    for name, module in detector.named_modules():
+        cls = type(module)
+        if cls.__module__.startswith("mmcv.ops") and cls.__name__ not in SUPPORTED_MMCV_OPS:
+            raise ExportError(f"mmcv op {cls.__name__} (module `{name}`) has no export form here (export forms: "
+                              f"{', '.join(SUPPORTED_MMCV_OPS)}, mmcv's nms)", family=family, op=cls.__name__)
+
+
+def _check_nms(cfg: Any, family: str, where: str) -> None:
+    """The NMS settings of a ``test_cfg`` that the graphs reproduce: mmcv's ``nms`` only."""
+    nms = (cfg or {}).get("nms") if hasattr(cfg, "get") else None
+    if nms is None:
+        return
+    kind = nms.get("type", "nms")
+    if kind != "nms":
+        raise ExportError(f"NMS of type {kind!r} in {where} has no export form (only 'nms')", family=family,
+                          op=str(kind))
+    unknown = set(nms) - {"type", "iou_threshold", "iou_thr", "class_agnostic", "max_num", "score_threshold",
+                          "split_thr", "offset"}
+    if unknown:
+        raise ExportError(f"NMS options {sorted(unknown)} in {where} have no export form", family=family, op="nms")
+    if nms.get("offset", 0) != 0:
+        raise ExportError(f"NMS with offset={nms['offset']} in {where} has no ONNX form", family=family, op="nms")
+
+
+def _overrides(obj: Any, base: type, method: str) -> bool:
+    return getattr(type(obj), method) is not getattr(base, method)
+
+
+def check_exportable(detector: nn.Module) -> Family:
+    """The export family of ``detector``; :class:`ExportError` naming the family and the op otherwise."""
+    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+    from mmdet.models.detectors import SingleStageDetector, TwoStageDetector
+    from mmdet.models.roi_heads.bbox_heads import BBoxHead
+
+    family = describe_family(detector)
+    _check_mmcv_ops(detector, family)
+    if isinstance(detector, TwoStageDetector):
+        rpn, roi = getattr(detector, "rpn_head", None), detector.roi_head
+        if rpn is None or _name(rpn) not in _TWO_STAGE_RPN:
+            raise ExportError(f"proposal head {_name(rpn)} has no export form (only {', '.join(_TWO_STAGE_RPN)})",
+                              family=family, op=_name(rpn))
+        if _name(roi) not in _TWO_STAGE_ROI:
+            raise ExportError(f"RoI head {_name(roi)} has no export form (only {', '.join(_TWO_STAGE_ROI)})",
+                              family=family, op=_name(roi))
+        if not isinstance(roi.bbox_head, BBoxHead) or _overrides(roi.bbox_head, BBoxHead, "_predict_by_feat_single"):
+            raise ExportError(f"box head {_name(roi.bbox_head)} post-processes in its own way, which has no "
+                              "export form", family=family, op=f"{_name(roi.bbox_head)}.predict_by_feat")
+        extractors = [roi.bbox_roi_extractor] + ([roi.mask_roi_extractor] if roi.with_mask else [])
+        for extractor in extractors:
+            if _name(extractor) not in _ROI_EXTRACTORS:
+                raise ExportError(f"RoI extractor {_name(extractor)} has no export form", family=family,
+                                  op=_name(extractor))
+        if roi.with_mask and _name(roi.mask_head) not in _MASK_HEADS:
+            raise ExportError(f"mask head {_name(roi.mask_head)} has no export form (only "
+                              f"{', '.join(_MASK_HEADS)})", family=family, op=_name(roi.mask_head))
+        _check_nms(rpn.test_cfg, family, "test_cfg.rpn")
+        _check_nms(roi.test_cfg, family, "test_cfg.rcnn")
+        if getattr(roi, "with_semantic", False):
+            raise ExportError("semantic heads have no export form", family=family, op="semantic_head")
+        return Family("two_stage", family, with_mask=bool(roi.with_mask))
+    if isinstance(detector, SingleStageDetector):
+        head = detector.bbox_head
+        if not isinstance(head, BaseDenseHead):
+            raise ExportError(f"head {_name(head)} is not a dense head", family=family, op=_name(head))
+        for method in ("predict_by_feat", "_predict_by_feat_single", "_bbox_post_process"):
+            if _overrides(head, BaseDenseHead, method):
+                raise ExportError(f"head {_name(head)} post-processes in its own way ({method}), which has no "
+                                  "export form yet", family=family, op=f"{_name(head)}.{method}")
+        from mmdet.models.task_modules.prior_generators import AnchorGenerator, MlvlPointGenerator
+
+        generator = head.prior_generator
+        bases = [b for b in (AnchorGenerator, MlvlPointGenerator) if isinstance(generator, b)]
+        if not bases or any(_overrides(generator, bases[0], m) for m in ("grid_priors", "single_level_grid_priors")):
+            raise ExportError(f"prior generator {_name(head.prior_generator)} has no export form", family=family,
+                              op=_name(head.prior_generator))
+        _check_nms(head.test_cfg, family, "test_cfg")
+        return Family("dense", family)
+    raise ExportError("only one-stage (dense head) and two-stage (RPN + RoI head) detectors have export graphs",
+                      family=family, op=_name(detector))
