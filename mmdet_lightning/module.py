@@ -22,6 +22,7 @@ the task (:mod:`mmdet_lightning.tasks`), in the order mmengine's runner does it,
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -391,6 +392,22 @@ class MMDetModule(pl.LightningModule):
             bar.print(table)
         else:
             print(table, flush=True)
+
+    def to_onnx(self, file_path: str | os.PathLike, input_sample: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        """The whole detector (normalisation, backbone, neck, head, box decoding, NMS; masks) as one ONNX file that
+        onnxruntime runs without torch, mmcv or mmdet (:func:`mmdet_lightning.export.export_onnx`: ``input_size=(h, w)``
+        for a fixed size, ``opset_version``, ``check``, ``classes``). Returns the file's path.
+
+        Raises:
+            ValueError: an ``input_sample`` (the exporter traces at a size of its own).
+            mmdet_lightning.export.ExportError: the model has an op or construct that cannot be exported, named.
+        """
+        if input_sample is not None:
+            raise ValueError("MMDetModule.to_onnx traces at a size of its own: pass input_size=(h, w) for a fixed "
+                             "input size instead of input_sample.")
+        from .export import export_onnx
+
+        return export_onnx(self, file_path, **kwargs)
 
     # ------------------------------------------------------------------ checkpoints and resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

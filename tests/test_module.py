@@ -59,3 +59,16 @@ def test_compute_losses_is_the_override_point(shapes_config: Any) -> None:
     full, _ = plain.compute_losses(batch)
     half, log_vars = halved.compute_losses(batch)
     assert torch.allclose(half, full / 2) and log_vars["loss"] == half
+
+
+@pytest.mark.slow
+def test_to_onnx_is_lightnings_method_for_the_whole_detector(shapes_config: Any, tmp_path: Any) -> None:
+    pytest.importorskip("onnxruntime")
+    module = MMDetModule(shapes_config("shapes_retinanet.py"))
+    with pytest.raises(ValueError, match="traces at a size of its own: pass input_size"):
+        module.to_onnx(tmp_path / "m.onnx", input_sample=torch.zeros(1, 3, 64, 64))
+    path = module.to_onnx(tmp_path / "m.onnx", input_size=(64, 64))
+    import onnxruntime
+
+    outputs = [o.name for o in onnxruntime.InferenceSession(str(path)).get_outputs()]
+    assert outputs[:3] == ["boxes", "scores", "labels"]
