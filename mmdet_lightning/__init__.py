@@ -6,9 +6,10 @@ Lightning, torch or mmdet.
 
 from __future__ import annotations
 
-import importlib
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_attributes
 
 # mmengine imports pkg_resources, whose deprecation warning would open every run twice; nothing a user can act on
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
@@ -23,9 +24,4 @@ __version__ = "0.1.0"
 _HOMES = {"MMDetModule": ".module", "MMDetDataModule": ".datamodule", "make_shapes_dataset": ".synthetic"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        value = getattr(importlib.import_module(_HOMES[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _HOMES)

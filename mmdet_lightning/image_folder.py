@@ -8,27 +8,9 @@ from typing import Any
 from mmdet.registry import DATASETS
 from mmengine.dataset import BaseDataset
 
+from .deploy.preprocess import IMAGE_SUFFIXES, list_images
+
 __all__ = ["DetImageFolder", "IMAGE_SUFFIXES", "list_images"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """The image files directly in ``folder``, sorted; a clear error when there are none.
-
-    Raises:
-        FileNotFoundError: the folder does not exist, or holds no image file.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"Image folder {str(folder)!r} does not exist.")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not images:
-        raise FileNotFoundError(
-            f"Image folder {str(folder)!r} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})."
-        )
-    return images
-
 
 @DATASETS.register_module()
 class DetImageFolder(BaseDataset):

@@ -22,6 +22,7 @@ __all__ = ["OnnxDetector", "Detections", "predict_folder"]
 _HOMES = {"OnnxDetector": ".detector", "Detections": ".detector", "predict_folder": ".predict"}
 
 
+# not mmdet_lightning._lazy (the package's own helper): this folder runs on its own, copied to a serving machine
 def __getattr__(name: str) -> Any:
     if name in _HOMES:
         value = getattr(importlib.import_module(_HOMES[name], __name__), name)

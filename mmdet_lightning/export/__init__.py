@@ -11,9 +11,9 @@ See docs/export.md for the families that export and how they were checked agains
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_attributes
 from .errors import ExportError
 
 if TYPE_CHECKING:
@@ -27,9 +27,4 @@ _HOMES = {"export_onnx": ".core", "load_for_export": ".core", "deploy_pipeline":
           "export_friendly_ops": ".ops", "check_exportable": ".families"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        value = getattr(importlib.import_module(_HOMES[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _HOMES)
