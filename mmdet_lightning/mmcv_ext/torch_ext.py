@@ -367,7 +367,7 @@ def _spmm(rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int, dense: Tensor) 
     """(n_rows x dense.size(0)) sparse matrix given by COO triplets, times dense (K, C)."""
     if rows.numel() == 0:
         return dense.new_zeros((n_rows, dense.size(1)))
-    s = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n_rows, dense.size(0)))
+    s = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n_rows, dense.size(0)), check_invariants=False)
     return torch.sparse.mm(s, dense)
 
 
@@ -399,7 +399,6 @@ def _roi_align_matrix(rois: Tensor, height: int, width: int, ph: int, pw: int, s
         sx = lambda t: t[:, :, ix : ix + 1]  # noqa: E731
         yl, yh, wyl, wyh, vy = map(sl, (yl, yh, wyl, wyh, vy))
         xl, xh, wxl, wxh, vx = map(sx, (xl, xh, wxl, wxh, vx))
-        ghm = gwm = 1
     # (R, PH, PW, GH, GW, 4) corner indices and weights: w1 = hy*hx (low, low), w2 = hy*lx, w3 = ly*hx, w4 = ly*lx
     def yv(t):
         return t[:, :, None, :, None]
