@@ -7,7 +7,9 @@ backward, SGD step; no data loading in the timing). The side is chosen with ``MM
 ``auto`` takes the compiled ``mmcv._ext`` (run this in an environment that has it), ``torch`` forces the PyTorch
 ops. Each run also times every call into ``mmcv._ext`` (which functions, how many calls, milliseconds per step),
 which is where the two sides differ. Sides alternate, order swapped every repeat; printed: the median over
-repeats of each run's median step, the ratio torch / compiled and the ext-time per step.
+repeats of each run's median step, the ratio torch / compiled and the ext-time per step. Steps are timed in CPU
+time of the process (``time.process_time``, one torch thread by default): on a shared machine wall time varies
+threefold with the neighbours' load, CPU time much less; wall-clock medians are printed beside.
 
     python benchmarks/mmcv_ops.py                                  # the four shipped configs, 3 repeats
     python benchmarks/mmcv_ops.py --configs shapes_faster_rcnn.py --repeats 5 --iters 40 --threads 2
@@ -50,11 +52,11 @@ def _one_run(config: str, iters: int, warmup: int, threads: int, data_root: str)
 
     def timed(name: str, fn: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                calls.setdefault(name, []).append(time.perf_counter() - t0)
+                calls.setdefault(name, []).append(time.process_time() - t0)
 
         return wrapper
 
@@ -72,11 +74,11 @@ def _one_run(config: str, iters: int, warmup: int, threads: int, data_root: str)
     model.init_weights()
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    times = []
+    times, cpu_times = [], []
     for i in range(warmup + iters):
         if i == warmup:
             calls.clear()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         data = model.data_preprocessor(batch, True)
         losses = model(**data, mode="loss")
         loss, _ = model.parse_losses(losses)
@@ -84,8 +86,10 @@ def _one_run(config: str, iters: int, warmup: int, threads: int, data_root: str)
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     ext_ms = {k: [len(v) / iters, 1000 * sum(v) / iters] for k, v in sorted(calls.items())}
-    return {"backend": ops_backend(), "ms": 1000 * statistics.median(times[warmup:]),
+    return {"backend": ops_backend(), "ms": 1000 * statistics.median(cpu_times[warmup:]),
+            "wall_ms": 1000 * statistics.median(times[warmup:]),
             "ext_ms": sum(v[1] for v in ext_ms.values()), "ext": ext_ms, "loss": float(loss)}
 
 
@@ -120,10 +124,15 @@ def main() -> None:
             print(f"{config}: no compiled mmcv._ext here; both sides ran the PyTorch ops", file=sys.stderr)
         c_ms = statistics.median(r["ms"] for r in comp)
         t_ms = statistics.median(r["ms"] for r in pure)
+        c_wall = statistics.median(r["wall_ms"] for r in comp)
+        t_wall = statistics.median(r["wall_ms"] for r in pure)
         row = {
             "compiled_ms": round(c_ms, 1),
             "torch_ms": round(t_ms, 1),
             "ratio": round(t_ms / c_ms, 3),
+            "compiled_wall_ms": round(c_wall, 1),
+            "torch_wall_ms": round(t_wall, 1),
+            "wall_ratio": round(t_wall / c_wall, 3),
             "compiled_ext_ms": round(statistics.median(r["ext_ms"] for r in comp), 2),
             "torch_ext_ms": round(statistics.median(r["ext_ms"] for r in pure), 2),
             "compiled_runs_ms": [round(r["ms"], 1) for r in comp],
@@ -133,9 +142,9 @@ def main() -> None:
                           for k, v in comp[0]["ext"].items()},
         }
         results[config] = row
-        print(f"{config:24s} compiled {c_ms:7.1f} ms  torch {t_ms:7.1f} ms  ratio {t_ms / c_ms:.3f}  "
-              f"(ext calls: compiled {row['compiled_ext_ms']} ms, torch {row['torch_ext_ms']} ms per step)",
-              flush=True)
+        print(f"{config:24s} CPU ms/step: compiled {c_ms:7.1f}  torch {t_ms:7.1f}  ratio {t_ms / c_ms:.3f}  "
+              f"(in mmcv._ext: {row['compiled_ext_ms']} / {row['torch_ext_ms']}); wall: {c_wall:.1f} / "
+              f"{t_wall:.1f}, ratio {t_wall / c_wall:.3f}", flush=True)
     print(json.dumps(results))
 
 

@@ -4,9 +4,10 @@ Each function has the signature and the calling convention of mmcv 2.1's binding
 preallocated tensors that ``mmcv/ops/*.py`` pass in; scalar parameters have the binding's names, since mmcv passes
 them by keyword) and computes the numbers of mmcv's kernels: the same sampling positions, clamping rules,
 bilinear weights and tie rules, up to the order of floating-point summation. Nothing loops in Python over boxes,
-RoIs or pixels: NMS is exact greedy NMS by blocks with a fixed-point iteration inside each block; RoIAlign is a
-sparse (bilinear weights) times dense (features) product; deformable convolutions are a gather-based bilinear
-im2col and a matmul; backward passes are the transposed products or autograd of the forward.
+RoIs or pixels: NMS is exact greedy NMS by blocks with a fixed-point iteration inside each block; RoIAlign
+gathers the 4 corners of every bilinear sample (each RoI with its own sampling grid, nothing padded) and adds them
+into their bins; deformable convolutions are a gather-based bilinear im2col and a matmul; backward passes scatter
+the same weights back (the transposed linear map) or take autograd of the forward.
 
 Functions of ``mmcv._ext`` with no implementation here (3D point ops, rotated boxes, CARAFE, SyncBN, ...) are
 stubs raising :class:`~mmdet_lightning.mmcv_ext.MissingCompiledOpError` when called, so that ``import mmcv.ops``
@@ -352,16 +353,6 @@ def _roi_geometry(rois: Tensor, ph: int, pw: int, spatial_scale: float, sampling
     return batch, start_h, start_w, bin_h, bin_w, gh, gw
 
 
-def _axis_samples(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, gmax: int) -> Tensor:
-    """Sample coordinates along one axis, (R, pooled, gmax), with mmcv's expression order."""
-    dt = start.dtype
-    p = torch.arange(pooled, device=start.device, dtype=dt)
-    i = torch.arange(gmax, device=start.device, dtype=dt) + 0.5
-    first = start[:, None] + p[None, :] * bin_size[:, None]  # roi_start + ph * bin_size
-    step = (i[None, :] * bin_size[:, None]) / grid.clamp(min=1)[:, None].to(dt)  # (iy + .5) * bin / grid
-    return first[:, :, None] + step[:, None, :]
-
-
 def _axis_bilinear(c: Tensor, size: int):
     """mmcv's per-axis clamping: (low index, high index, low weight, high weight, valid)."""
     valid = (c >= -1.0) & (c <= size)
@@ -376,14 +367,6 @@ def _axis_bilinear(c: Tensor, size: int):
     return low, high, hw, lw, valid
 
 
-def _spmm(rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int, dense: Tensor) -> Tensor:
-    """(n_rows x dense.size(0)) sparse matrix given by COO triplets, times dense (K, C)."""
-    if rows.numel() == 0:
-        return dense.new_zeros((n_rows, dense.size(1)))
-    s = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n_rows, dense.size(0)), check_invariants=False)
-    return torch.sparse.mm(s, dense)
-
-
 def _channels_last_flat(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.size(1))
 
@@ -392,54 +375,13 @@ def _from_channels_last_flat(x: Tensor, n: int, c: int, h: int, w: int) -> Tenso
     return x.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
-def _roi_align_matrix(rois: Tensor, height: int, width: int, ph: int, pw: int, spatial_scale: float,
-                      sampling_ratio: int, aligned: bool, avg: bool, sample: int | None = None):
-    """COO triplets of the linear map features -> RoIAlign output rows (roi, ph, pw); ``sample`` picks one grid
-    point (max mode) instead of the average over the grid."""
-    r = rois.size(0)
-    batch, start_h, start_w, bin_h, bin_w, gh, gw = _roi_geometry(rois, ph, pw, spatial_scale, sampling_ratio, aligned)
-    ghm = max(int(gh.max()), 1) if r else 1
-    gwm = max(int(gw.max()), 1) if r else 1
-    ys = _axis_samples(start_h, bin_h, gh, ph, ghm)  # (R, PH, GH)
-    xs = _axis_samples(start_w, bin_w, gw, pw, gwm)  # (R, PW, GW)
-    yl, yh, wyl, wyh, vy = _axis_bilinear(ys, height)
-    xl, xh, wxl, wxh, vx = _axis_bilinear(xs, width)
-    vy = vy & (torch.arange(ghm, device=rois.device)[None, None, :] < gh[:, None, None])
-    vx = vx & (torch.arange(gwm, device=rois.device)[None, None, :] < gw[:, None, None])
-    if sample is not None:
-        iy, ix = divmod(sample, gwm)
-        sl = lambda t: t[:, :, iy : iy + 1]  # noqa: E731
-        sx = lambda t: t[:, :, ix : ix + 1]  # noqa: E731
-        yl, yh, wyl, wyh, vy = map(sl, (yl, yh, wyl, wyh, vy))
-        xl, xh, wxl, wxh, vx = map(sx, (xl, xh, wxl, wxh, vx))
-    # (R, PH, PW, GH, GW, 4) corner indices and weights: w1 = hy*hx (low, low), w2 = hy*lx, w3 = ly*hx, w4 = ly*lx
-    def yv(t):
-        return t[:, :, None, :, None]
-
-    def xv(t):
-        return t[:, None, :, None, :]
-
-    base = (batch * (height * width))[:, None, None, None, None]
-    idx = torch.stack(
-        [base + yv(yl) * width + xv(xl), base + yv(yl) * width + xv(xh),
-         base + yv(yh) * width + xv(xl), base + yv(yh) * width + xv(xh)], dim=-1)
-    wts = torch.stack([yv(wyl) * xv(wxl), yv(wyl) * xv(wxh), yv(wyh) * xv(wxl), yv(wyh) * xv(wxh)], dim=-1)
-    valid = (yv(vy) & xv(vx))[..., None]
-    wts = wts * valid
-    if avg:
-        count = (gh * gw).clamp(min=1).to(wts.dtype)
-        wts = wts / count[:, None, None, None, None, None]
-    rows = torch.arange(r * ph * pw, device=rois.device).view(r, ph, pw, 1, 1, 1).expand_as(idx)
-    keep = valid.expand_as(idx)
-    return rows[keep], idx[keep], wts[keep], ys, xs, gwm
-
-
 def _roi_align_samples(rois: Tensor, height: int, width: int, ph: int, pw: int, spatial_scale: float,
                        sampling_ratio: int, aligned: bool):
     """Every bilinear sample of every RoIAlign bin, ragged (each RoI has its own grid, nothing padded).
 
-    Returns the output row (roi * ph * pw + bin) of each in-image sample, the flat indices (batch * H * W +
-    y * W + x) and weights of its 4 corners, each (4, P), and the sample count of each output row.
+    Returns the output row (roi * ph * pw + bin) of each sample, the flat indices (batch * H * W + y * W + x)
+    and weights of its 4 corners, each (4, P) (weights 0 outside the image), the sample count of each output row
+    and the samples' coordinates y and x.
     """
     dev = rois.device
     dt = rois.dtype
@@ -473,7 +415,7 @@ def _roi_align_samples(rois: Tensor, height: int, width: int, ph: int, pw: int, 
     idx = torch.stack([base + yl + xl, base + yl + xh, base + yh + xl, base + yh + xh])
     wts = torch.stack([wyl * wxl, wyl * wxh, wyh * wxl, wyh * wxh]) * ok
     count = per_bin.clamp(min=1).to(dt).repeat_interleave(ph * pw)
-    return rows, idx, wts, count
+    return rows, idx, wts, count, y, x
 
 
 _ROI_CHUNK = 1 << 22  # samples x channels per step: bounds the temporaries (16 MiB in float32)
@@ -483,7 +425,7 @@ def _roi_align_avg_forward(input: Tensor, rois: Tensor, ph: int, pw: int, spatia
                            sampling_ratio: int, aligned: bool) -> Tensor:
     n, c, h, w = input.shape
     r = rois.size(0)
-    rows, idx, wts, count = _roi_align_samples(rois, h, w, ph, pw, spatial_scale, sampling_ratio, aligned)
+    rows, idx, wts, count, _, _ = _roi_align_samples(rois, h, w, ph, pw, spatial_scale, sampling_ratio, aligned)
     flat = _channels_last_flat(input)
     out = input.new_zeros((r * ph * pw, c))
     step = max(1, _ROI_CHUNK // max(c, 1))
@@ -501,7 +443,7 @@ def _roi_align_avg_forward(input: Tensor, rois: Tensor, ph: int, pw: int, spatia
 def _roi_align_avg_backward(grad_output: Tensor, rois: Tensor, n: int, h: int, w: int, spatial_scale: float,
                             sampling_ratio: int, aligned: bool) -> Tensor:
     r, c, ph, pw = grad_output.shape
-    rows, idx, wts, count = _roi_align_samples(rois, h, w, ph, pw, spatial_scale, sampling_ratio, aligned)
+    rows, idx, wts, count, _, _ = _roi_align_samples(rois, h, w, ph, pw, spatial_scale, sampling_ratio, aligned)
     g = grad_output.permute(0, 2, 3, 1).reshape(r * ph * pw, c)
     gi = grad_output.new_zeros((n * h * w, c))
     step = max(1, _ROI_CHUNK // max(c, 1))
@@ -530,32 +472,34 @@ def roi_align_forward(input: Tensor, rois: Tensor, output: Tensor, argmax_y: Ten
             return
         output.copy_(_roi_align_avg_forward(input, rois, ph, pw, spatial_scale, sampling_ratio, aligned))
         return
-    # max mode: one sparse product per grid point, keeping the first maximum (mmcv: `val > maxval`)
-    _, _, _, ys, xs, gwm = _roi_align_matrix(rois, h, w, ph, pw, spatial_scale, sampling_ratio, aligned, False, 0)
-    _, _, _, _, _, gh, gw = _roi_geometry(rois, ph, pw, spatial_scale, sampling_ratio, aligned)
-    ghm = ys.size(2)
+    # max mode: the first sample of each bin with the largest value (mmcv: `val > maxval`, from -10000)
+    rows, idx, wts, _, ys, xs = _roi_align_samples(rois, h, w, ph, pw, spatial_scale, sampling_ratio, aligned)
     flat = _channels_last_flat(input)
-    best = input.new_full((r, ph, pw, c), -10000.0)
-    best_y = input.new_full((r, ph, pw, c), -1.0)
-    best_x = input.new_full((r, ph, pw, c), -1.0)
-    for s in range(ghm * gwm):
-        iy, ix = divmod(s, gwm)
-        rows, cols, vals, *_ = _roi_align_matrix(rois, h, w, ph, pw, spatial_scale, sampling_ratio, aligned, False, s)
-        val = _spmm(rows, cols, vals, r * ph * pw, flat).view(r, ph, pw, c)
-        in_grid = ((iy < gh) & (ix < gw))[:, None, None, None]
-        better = (val > best) & in_grid
-        best = torch.where(better, val, best)
-        best_y = torch.where(better, ys[:, :, iy][:, :, None, None], best_y)
-        best_x = torch.where(better, xs[:, :, ix][:, None, :, None], best_x)
-    output.copy_(best.permute(0, 3, 1, 2))
-    argmax_y.copy_(best_y.permute(0, 3, 1, 2))
-    argmax_x.copy_(best_x.permute(0, 3, 1, 2))
+    wts = wts.to(input.dtype)
+    val = flat.index_select(0, idx[0]) * wts[0, :, None]
+    for k in (1, 2, 3):
+        val += flat.index_select(0, idx[k]) * wts[k, :, None]
+    n_out, n_s = r * ph * pw, rows.numel()
+    at = rows[:, None].expand(-1, c)
+    best = input.new_full((n_out, c), -10000.0).scatter_reduce_(0, at, val, "amax", include_self=True)
+    sample = torch.arange(n_s, device=input.device)[:, None].expand(-1, c)
+    cand = torch.where((val == best.index_select(0, rows)) & (val > -10000.0), sample, n_s)
+    first = torch.full((n_out, c), n_s, dtype=torch.long, device=input.device)
+    first.scatter_reduce_(0, at, cand, "amin", include_self=True)
+    found = first < n_s
+    pick = first.clamp(max=max(n_s - 1, 0))
+    neg = input.new_full((), -1.0)
+    best_y = torch.where(found, ys.to(input.dtype)[pick], neg) if n_s else input.new_full((n_out, c), -1.0)
+    best_x = torch.where(found, xs.to(input.dtype)[pick], neg) if n_s else input.new_full((n_out, c), -1.0)
+    output.copy_(best.view(r, ph, pw, c).permute(0, 3, 1, 2))
+    argmax_y.copy_(best_y.view(r, ph, pw, c).permute(0, 3, 1, 2))
+    argmax_x.copy_(best_x.view(r, ph, pw, c).permute(0, 3, 1, 2))
 
 
 def roi_align_backward(grad_output: Tensor, rois: Tensor, argmax_y: Tensor, argmax_x: Tensor, grad_input: Tensor,
                        aligned_height: int, aligned_width: int, spatial_scale: float, sampling_ratio: int,
                        pool_mode: int, aligned: bool) -> None:
-    """Gradient of :func:`roi_align_forward`, added into ``grad_input``: the transposed sparse product."""
+    """Gradient of :func:`roi_align_forward`, added into ``grad_input``: the same bilinear weights scattered back."""
     n, c, h, w = grad_input.shape
     r, ph, pw = rois.size(0), aligned_height, aligned_width
     if r == 0:
