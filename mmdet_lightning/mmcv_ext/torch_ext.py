@@ -427,16 +427,13 @@ def _roi_align_avg_forward(input: Tensor, rois: Tensor, ph: int, pw: int, spatia
     r = rois.size(0)
     rows, idx, wts, count, _, _ = _roi_align_samples(rois, h, w, ph, pw, spatial_scale, sampling_ratio, aligned)
     flat = _channels_last_flat(input)
-    out = input.new_zeros((r * ph * pw, c))
-    step = max(1, _ROI_CHUNK // max(c, 1))
-    for s0 in range(0, rows.numel(), step):
-        sl = slice(s0, s0 + step)
-        # val = w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4, then summed over the bin's samples in order, as mmcv does
-        val = flat.index_select(0, idx[0, sl]) * wts[0, sl, None].to(input.dtype)
-        for k in (1, 2, 3):
-            val += flat.index_select(0, idx[k, sl]) * wts[k, sl, None].to(input.dtype)
-        out.index_add_(0, rows[sl], val)
-    out /= count[:, None].to(input.dtype)
+    # each output row is a bag of its samples' 4 corners (w1 v1 + w2 v2 + w3 v3 + w4 v4, sample after sample, as
+    # mmcv sums them): one weighted embedding_bag, rows in order, empty bags (no sample) give 0
+    per_row = torch.bincount(rows, minlength=r * ph * pw) * 4
+    offsets = torch.cumsum(per_row, 0) - per_row
+    out = F.embedding_bag(idx.t().reshape(-1), flat, offsets, mode="sum",
+                          per_sample_weights=wts.t().reshape(-1).to(input.dtype))
+    out = out / count[:, None].to(input.dtype)
     return out.view(r, ph, pw, c).permute(0, 3, 1, 2)
 
 
