@@ -107,6 +107,7 @@ def main() -> None:
         return
 
     from _runs import run_json
+
     from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
 
     root = make_shapes_dataset(Path(tempfile.gettempdir()) / "mmcv_ops_bench_shapes",

@@ -159,7 +159,7 @@ def test_roi_align_equals_compiled(dtype, aligned: bool, ratio: int, pool_mode: 
     grad = torch.randn(rois.size(0), 3, 7, 7, generator=g).to(dtype)
     exp = _roi_align_pair(COMPILED, x, rois, grad, 7, 0.25, ratio, pool_mode, aligned)
     got = _roi_align_pair(ours, x, rois, grad, 7, 0.25, ratio, pool_mode, aligned)
-    for name, e, o in zip(("output", "argmax_y", "argmax_x", "grad_input"), exp, got):
+    for name, e, o in zip(("output", "argmax_y", "argmax_x", "grad_input"), exp, got, strict=False):
         torch.testing.assert_close(o, e, **TOL[dtype], msg=lambda m, name=name: f"{name}: {m}")
 
 
@@ -168,12 +168,12 @@ def test_roi_align_no_rois_and_scale_one() -> None:
     x = torch.randn(1, 4, 9, 9)
     exp = _roi_align_pair(COMPILED, x, torch.zeros(0, 5), torch.zeros(0, 4, 3, 3), 3, 1.0, 0, 1, True)
     got = _roi_align_pair(ours, x, torch.zeros(0, 5), torch.zeros(0, 4, 3, 3), 3, 1.0, 0, 1, True)
-    for e, o in zip(exp, got):
+    for e, o in zip(exp, got, strict=False):
         torch.testing.assert_close(o, e)
     rois = torch.tensor([[0, 0.5, 0.5, 8.5, 8.5], [0, 2, 3, 4, 5.0]])
     grad = torch.randn(2, 4, 3, 3)
     for e, o in zip(_roi_align_pair(COMPILED, x, rois, grad, 3, 1.0, 0, 1, False),
-                    _roi_align_pair(ours, x, rois, grad, 3, 1.0, 0, 1, False)):
+                    _roi_align_pair(ours, x, rois, grad, 3, 1.0, 0, 1, False), strict=False):
         torch.testing.assert_close(o, e)
 
 
@@ -251,7 +251,7 @@ def test_roi_pool_matches_kernel_transcription(dtype) -> None:
     ref = torch.zeros_like(x).view(2, 3, -1)
     for n in range(5):
         for ch in range(3):
-            for a, gv in zip(ref_arg[n, ch].flatten().tolist(), grad[n, ch].flatten().tolist()):
+            for a, gv in zip(ref_arg[n, ch].flatten().tolist(), grad[n, ch].flatten().tolist(), strict=False):
                 if a >= 0:
                     ref[int(rois[n, 0]), ch, a] += gv
     torch.testing.assert_close(gi, ref.view_as(x))
@@ -292,7 +292,7 @@ def test_deform_conv_equals_compiled(dtype) -> None:
     x, weight, offset, _, _, grad, p = _dcn_inputs(dtype, False)
     exp = _deform_conv_run(COMPILED, x, weight, offset, grad, p)
     got = _deform_conv_run(ours, x, weight, offset, grad, p)
-    for name, e, o in zip(("output", "grad_input", "grad_offset", "grad_weight"), exp, got):
+    for name, e, o in zip(("output", "grad_input", "grad_offset", "grad_weight"), exp, got, strict=False):
         torch.testing.assert_close(o, e, **TOL[dtype], msg=lambda m, name=name: f"{name}: {m}")
 
 
@@ -317,7 +317,7 @@ def test_modulated_deform_conv_equals_compiled(dtype, with_bias: bool) -> None:
     exp = _modulated_run(COMPILED, x, weight, offset, mask, bias, grad, p, with_bias)
     got = _modulated_run(ours, x, weight, offset, mask, bias, grad, p, with_bias)
     names = ("output", "grad_input", "grad_weight", "grad_bias", "grad_offset", "grad_mask")
-    for name, e, o in zip(names, exp, got):
+    for name, e, o in zip(names, exp, got, strict=False):
         torch.testing.assert_close(o, e, **TOL[dtype], msg=lambda m, name=name: f"{name}: {m}")
 
 
@@ -386,7 +386,7 @@ def test_ms_deform_attn_equals_mmcv_pytorch_version(dtype) -> None:
     grad = torch.randn(ref.shape, generator=g).to(dtype)
     gv, gl, ga = torch.zeros_like(value), torch.zeros_like(loc), torch.zeros_like(aw)
     ours.ms_deform_attn_backward(value, shapes, start, loc, aw, grad, gv, gl, ga, im2col_step=64)
-    for o, e in zip((gv, gl, ga), torch.autograd.grad(ref, (v, lr, ar), grad)):
+    for o, e in zip((gv, gl, ga), torch.autograd.grad(ref, (v, lr, ar), grad), strict=False):
         torch.testing.assert_close(o, e, **TOL[dtype])
     if CUDA and COMPILED is not None:
         dev = [t.cuda() for t in (value, shapes, start, loc, aw)]

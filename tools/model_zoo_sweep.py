@@ -174,7 +174,7 @@ def read_doc_table(doc: Path) -> dict[str, dict[str, Any]]:
             continue
         if not header:
             continue
-        row = dict(zip(header, cells))
+        row = dict(zip(header, cells, strict=False))
         record: dict[str, Any] = {"family": row["family"], "config": row["config"].strip("`"),
                                   "status": row["status"], "reason": row.get("reason", "").replace("\\|", "|")}
         if row.get("seconds"):

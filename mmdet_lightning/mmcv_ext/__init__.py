@@ -54,9 +54,9 @@ class _Loader(importlib.abc.Loader):
         impl = importlib.import_module(_IMPL)
         for name in impl.__all__:
             setattr(module, name, getattr(impl, name))
-        module.__getattr__ = impl.__getattr__  # stubs for names a later mmcv may ask for
+        module.__dict__["__getattr__"] = impl.__getattr__  # stubs for names a later mmcv may ask for
         module.__doc__ = impl.__doc__
-        module.MMDET_LIGHTNING_TORCH_OPS = True
+        module.__dict__["MMDET_LIGHTNING_TORCH_OPS"] = True
 
 
 class _Finder(importlib.abc.MetaPathFinder):

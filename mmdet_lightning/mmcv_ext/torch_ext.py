@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -87,7 +88,7 @@ __all__ = list(_MMCV_EXT_NAMES)
 _FLT_MIN = 1.1754943508222875e-38  # FLT_MIN, the floor mmcv's focal-loss kernels put under log()
 
 
-def _stub(name: str):
+def _stub(name: str) -> Callable[..., Any]:
     def stub(*args: Any, **kwargs: Any) -> Any:
         raise MissingCompiledOpError(
             f"mmcv op `{name}` needs mmcv's compiled ops, which are not installed (mmdet-lightning's PyTorch "
@@ -214,7 +215,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, offset: int) -> Ten
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.long, device=boxes.device)
     iou_threshold = float(torch.tensor(float(iou_threshold), dtype=torch.float32))
-    tv = _torchvision_ops() if int(offset) == 0 and boxes.dtype == scores.dtype else False
+    tv = _torchvision_ops() if int(offset) == 0 and boxes.dtype == scores.dtype else None
     if tv:
         return tv.nms(boxes, scores, iou_threshold)
     areas = _areas(boxes, offset)
@@ -329,7 +330,9 @@ def _f32(x: float) -> float:
     return float(torch.tensor(float(x), dtype=torch.float32))
 
 
-def _roi_geometry(rois: Tensor, ph: int, pw: int, spatial_scale: float, sampling_ratio: int, aligned: bool):
+def _roi_geometry(
+    rois: Tensor, ph: int, pw: int, spatial_scale: float, sampling_ratio: int, aligned: bool
+) -> tuple[Tensor, ...]:
     dt = rois.dtype
     scale = _f32(spatial_scale)
     off = 0.5 if aligned else 0.0
@@ -353,7 +356,7 @@ def _roi_geometry(rois: Tensor, ph: int, pw: int, spatial_scale: float, sampling
     return batch, start_h, start_w, bin_h, bin_w, gh, gw
 
 
-def _axis_bilinear(c: Tensor, size: int):
+def _axis_bilinear(c: Tensor, size: int) -> tuple[Tensor, ...]:
     """mmcv's per-axis clamping: (low index, high index, low weight, high weight, valid)."""
     valid = (c >= -1.0) & (c <= size)
     c = c.clamp(min=0)
@@ -376,7 +379,7 @@ def _from_channels_last_flat(x: Tensor, n: int, c: int, h: int, w: int) -> Tenso
 
 
 def _roi_align_samples(rois: Tensor, height: int, width: int, ph: int, pw: int, spatial_scale: float,
-                       sampling_ratio: int, aligned: bool):
+                       sampling_ratio: int, aligned: bool) -> tuple[Tensor, ...]:
     """Every bilinear sample of every RoIAlign bin, ragged (each RoI has its own grid, nothing padded).
 
     Returns the output row (roi * ph * pw + bin) of each sample, the flat indices (batch * H * W + y * W + x)
@@ -610,7 +613,7 @@ def _deform_columns(input: Tensor, offset: Tensor, mask: Tensor | None, kh: int,
     wl = w_low.long()
     cd = c // dg
     img = input.reshape(n, dg, cd, h * w)
-    out = None
+    out: Tensor | None = None
     for oy, ox, wt in ((0, 0, (1 - lh) * (1 - lw)), (0, 1, (1 - lh) * lw), (1, 0, lh * (1 - lw)), (1, 1, lh * lw)):
         yy = hl + oy
         xx = wl + ox
@@ -619,6 +622,7 @@ def _deform_columns(input: Tensor, offset: Tensor, mask: Tensor | None, kh: int,
         v = img.gather(3, idx).view(n, dg, cd, k, ho, wo)
         term = (wt * ok)[:, :, None] * v
         out = term if out is None else out + term
+    assert out is not None
     if mask is not None:
         out = out * mask.view(n, dg, 1, k, ho, wo)
     return out.reshape(n, c * k, ho * wo)
