@@ -14,6 +14,11 @@ from ._lazy import lazy_attributes
 # mmengine imports pkg_resources, whose deprecation warning would open every run twice; nothing a user can act on
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
+# without mmcv's compiled ops (mmcv-lite), `import mmcv._ext` resolves to PyTorch implementations (mmcv_ext)
+from .mmcv_ext import install as _install_mmcv_ext  # noqa: E402  (imports nothing heavy)
+
+_install_mmcv_ext()
+
 if TYPE_CHECKING:
     from .datamodule import MMDetDataModule
     from .module import MMDetModule

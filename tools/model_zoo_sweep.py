@@ -8,6 +8,14 @@ dataset, see ``mmdet_lightning.model_zoo``): a few training iterations, a valida
     python tools/model_zoo_sweep.py --families retinanet yolox --timeout 300
     python tools/model_zoo_sweep.py --resume              # skip families already in the results file
     python tools/model_zoo_sweep.py --table-only          # rewrite docs/model_zoo.md from the results file
+    python tools/model_zoo_sweep.py --ops                 # which mmcv ops each family's model uses (minutes)
+
+``--ops`` fills the table's "no compiler" column: it builds each family's adapted model (no training) and lists
+the ``mmcv.ops`` modules in it and the ``mmcv._ext`` functions those modules call, plus the ones reached by
+function (NMS in every detector's post-processing, Soft-NMS and ``nms_match`` where the config asks for them,
+RoIAlign in mask targets); a family runs without mmcv's compiled ops when all of them have a PyTorch
+implementation in ``mmdet_lightning.mmcv_ext`` (derived from the ops, not from training in that mode).
+Without a results file, ``--table-only`` and ``--ops`` keep the rows already in the doc.
 """
 
 from __future__ import annotations
@@ -78,6 +86,105 @@ def _representative(family: str) -> str:
     return REPRESENTATIVES.get(family, "")
 
 
+def ops_of_family(family: str, data_root: str) -> dict[str, Any]:
+    """The mmcv ops that ``family``'s adapted model uses, and whether mmdet_lightning.mmcv_ext covers them."""
+    import re
+
+    import mmcv
+
+    from mmdet_lightning.mmcv_ext import torch_ext
+    from mmdet_lightning.model_zoo import _load_adapted
+
+    record: dict[str, Any] = {"family": family}
+    try:
+        cfg = _load_adapted(family, data_root)
+        from mmdet.registry import MODELS
+
+        try:
+            import torch
+
+            with torch.device("meta"):  # the modules only: no memory, no weight initialisation
+                model = MODELS.build(cfg.model)
+        except Exception:  # noqa: BLE001  (a constructor that needs real tensors)
+            model = MODELS.build(cfg.model)
+    except Exception as err:  # noqa: BLE001  (a family whose model does not build here)
+        record["ops_error"] = f"{type(err).__name__}: {str(err)[:200]}"
+        return record
+    ops_dir = Path(mmcv.__file__).parent / "ops"
+    modules = sorted({type(m).__module__ for m in model.modules() if type(m).__module__.startswith("mmcv.ops.")})
+    ext: set[str] = set()
+    for name in modules:
+        source = (ops_dir / (name.rsplit(".", 1)[1] + ".py")).read_text()
+        for block in re.findall(r"load_ext\(\s*'_ext',\s*\[(.*?)\]\)", source, re.S):
+            ext.update(re.findall(r"'(\w+)'", block))
+    ext.add("nms")  # every detector's post-processing (batched_nms)
+    text = cfg.pretty_text
+    if "soft_nms" in text:
+        ext.add("softnms")
+    if "ScoreHLRSampler" in text:
+        ext.add("nms_match")
+    if "mask_head" in text or "mask_roi_extractor" in text:
+        ext.update({"roi_align_forward", "roi_align_backward"})  # mask targets: BitmapMasks.crop_and_resize
+    record["mmcv_ops"] = [m.split(".", 2)[2] for m in modules]
+    record["ext"] = sorted(ext)
+    record["stubbed"] = sorted(ext & set(torch_ext.STUBBED))
+    return record
+
+
+def ops_sweep(families: list[str], args: argparse.Namespace) -> None:
+    """One process for every family (building models only); records to ``ops.jsonl`` beside --results."""
+    from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
+
+    work = Path(args.work_dir)
+    data_root = make_shapes_dataset(work / "shapes", ShapesConfig(num_train=8, num_val=2, seed=0))
+    out = Path(args.results).with_name("ops.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        for family in families:
+            record = ops_of_family(family, str(data_root))
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            verdict = record.get("ops_error") or (", ".join(record["stubbed"]) or "all in PyTorch")
+            print(f"{family:24s} {verdict[:150]}", flush=True)
+
+
+def no_compiler_cell(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return ""
+    if "ops_error" in record:
+        return "unknown (model not built here)"
+    if record["stubbed"]:
+        return "no: " + ", ".join(f"`{op}`" for op in record["stubbed"])
+    uses = [m for m in record.get("mmcv_ops", []) if m not in ("merge_cells", "corner_pool", "cc_attention")]
+    return "yes" + (f" ({', '.join(uses)})" if uses else "")
+
+
+def read_doc_table(doc: Path) -> dict[str, dict[str, Any]]:
+    """The rows already in the doc (when the results file that wrote them is not here)."""
+    records: dict[str, dict[str, Any]] = {}
+    if not doc.is_file():
+        return records
+    header: list[str] = []
+    for line in doc.read_text().splitlines():
+        if not line.startswith("| "):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if cells[0] == "family":
+            header = cells
+            continue
+        if not header:
+            continue
+        row = dict(zip(header, cells, strict=False))
+        record: dict[str, Any] = {"family": row["family"], "config": row["config"].strip("`"),
+                                  "status": row["status"], "reason": row.get("reason", "").replace("\\|", "|")}
+        if row.get("seconds"):
+            record["seconds"] = float(row["seconds"])
+        if row.get("image px"):
+            record["max_side"] = int(row["image px"])
+        records[row["family"]] = record
+    return records
+
+
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
     """The latest record of each family in the results file."""
     records: dict[str, dict[str, Any]] = {}
@@ -89,7 +196,9 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
-def write_table(records: dict[str, dict[str, Any]], doc: Path, iterations: int) -> None:
+def write_table(records: dict[str, dict[str, Any]], doc: Path, iterations: int,
+                ops: dict[str, dict[str, Any]] | None = None) -> None:
+    ops = ops or {}
     rows = sorted(records.values(), key=lambda r: (STATUS_ORDER.get(r["status"], 9), r["family"]))
     counts = {status: sum(r["status"] == status for r in rows) for status in STATUS_ORDER}
     lines = [
@@ -109,16 +218,22 @@ def write_table(records: dict[str, dict[str, Any]], doc: Path, iterations: int) 
         "  `MMDetModule` refuses the config with this message.",
         "- **timeout**: did not finish within the sweep's per-family time limit on 2 CPU cores.",
         "",
+        "**no compiler** (`--ops`): whether the family runs with mmcv-lite, the default set-up, where",
+        "`mmdet_lightning.mmcv_ext` serves mmcv's compiled ops in PyTorch: *yes* (with the `mmcv.ops` modules the",
+        "model uses) when every `mmcv._ext` function its `mmcv.ops` modules call, and NMS, Soft-NMS, `nms_match` and",
+        "RoIAlign where the config reaches them, has a PyTorch implementation; *no* names the missing ops, which",
+        "need `MMCV_OPS=compiled` (see the README). Derived from the built models' ops, not from a sweep in that mode.",
+        "",
         f"{len(rows)} families: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]) + ".",
         "",
-        "| family | config | status | image px | seconds | reason |",
-        "|---|---|---|---|---|---|",
+        "| family | config | status | image px | seconds | no compiler | reason |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         reason = str(r.get("reason", "")).replace("|", "\\|")
         side = r.get("max_side", 128) if r["status"] in ("pass", "fail") else ""  # 128: the first size tried
         lines.append(f"| {r['family']} | `{r.get('config', '')}` | {r['status']} | {side} "
-                     f"| {r.get('seconds', '')} | {reason} |")
+                     f"| {r.get('seconds', '')} | {no_compiler_cell(ops.get(r['family']))} | {reason} |")
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(lines) + "\n")
     print(f"wrote {doc}: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]))
@@ -135,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--doc", default=str(REPO / "docs" / "model_zoo.md"))
     parser.add_argument("--resume", action="store_true", help="skip the families already in --results")
     parser.add_argument("--table-only", action="store_true", help="only rewrite --doc from --results")
+    parser.add_argument("--ops", action="store_true",
+                        help="list each family's mmcv ops (builds the models, no training) for the no-compiler column")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--data-root", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -143,7 +260,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     from mmdet_lightning.model_zoo import REPRESENTATIVES
 
-    if not args.table_only:
+    if args.ops:
+        ops_sweep(args.families or sorted(REPRESENTATIVES), args)
+    elif not args.table_only:
         families = args.families or sorted(REPRESENTATIVES)
         unknown = sorted(set(families) - set(REPRESENTATIVES))
         if unknown:
@@ -152,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
             done = read_results(Path(args.results))
             families = [f for f in families if f not in done]
         sweep(families, args)
-    write_table(read_results(Path(args.results)), Path(args.doc), args.iterations)
+    records = read_results(Path(args.results)) or read_doc_table(Path(args.doc))
+    write_table(records, Path(args.doc), args.iterations, read_results(Path(args.results).with_name("ops.jsonl")))
 
 
 if __name__ == "__main__":
