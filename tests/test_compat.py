@@ -397,6 +397,9 @@ def test_run_is_finished(tmp_path, monkeypatch):
     finally:
         run.finish()
     assert wandb_compat.run_is_finished(run) is True
+    disabled = wandb.init(mode="disabled")  # wandb's NoopRun: no `_is_finished`, nothing to write to
+    assert wandb_compat.run_is_finished(disabled) is True
+    disabled.finish()
 
 
 # ---------------------------------------------------------------- SIGTERM protocol

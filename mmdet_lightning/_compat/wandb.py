@@ -13,7 +13,10 @@ _PACKAGE = "wandb"
 
 
 def run_is_finished(run: Any) -> bool:
-    """Whether ``run.finish()`` has run (a ``wandb.Run``'s ``_is_finished``)."""
+    """Whether ``run.finish()`` has run (a ``wandb.Run``'s ``_is_finished``). A disabled run (``mode="disabled"``:
+    wandb's ``NoopRun``, ``run.disabled``) has no such state and takes nothing: True."""
+    if getattr(run, "disabled", False) is True:
+        return True
     return private_attr(run, "_is_finished", _PACKAGE, bool)
 
 
