@@ -725,13 +725,16 @@ def _class_weight(weight: Tensor, target: Tensor) -> Tensor | None:
     return torch.where(inside, weight[target.clamp(0, weight.numel() - 1)], torch.ones_like(weight[:1]))
 
 
+def _targets_and_sigmoid(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One-hot targets (``flag_p``), their complement and the sigmoid of ``input``, as mmcv's focal-loss kernels."""
+    flag_p = (target[:, None] == torch.arange(input.size(1), device=input.device)[None, :]).to(input.dtype)
+    return flag_p, 1 - flag_p, torch.sigmoid(input)
+
+
 def sigmoid_focal_loss_forward(input: Tensor, target: Tensor, weight: Tensor, output: Tensor, gamma: float,
                                alpha: float) -> None:
     """Element-wise sigmoid focal loss (mmcv ``sigmoid_focal_loss_forward``), into ``output``."""
-    c = input.size(1)
-    flag_p = (target[:, None] == torch.arange(c, device=input.device)[None, :]).to(input.dtype)
-    flag_n = 1 - flag_p
-    p = torch.sigmoid(input)
+    flag_p, flag_n, p = _targets_and_sigmoid(input, target)
     term_p = torch.pow(1 - p, gamma) * torch.log(p.clamp(min=_FLT_MIN))
     term_n = torch.pow(p, gamma) * torch.log((1 - p).clamp(min=_FLT_MIN))
     out = -flag_p * alpha * term_p - flag_n * (1 - alpha) * term_n
@@ -744,10 +747,7 @@ def sigmoid_focal_loss_forward(input: Tensor, target: Tensor, weight: Tensor, ou
 def sigmoid_focal_loss_backward(input: Tensor, target: Tensor, weight: Tensor, grad_input: Tensor, gamma: float,
                                 alpha: float) -> None:
     """d(sigmoid focal loss)/d(input), element-wise (mmcv ``sigmoid_focal_loss_backward``), into ``grad_input``."""
-    c = input.size(1)
-    flag_p = (target[:, None] == torch.arange(c, device=input.device)[None, :]).to(input.dtype)
-    flag_n = 1 - flag_p
-    p = torch.sigmoid(input)
+    flag_p, flag_n, p = _targets_and_sigmoid(input, target)
     term_p = torch.pow(1 - p, gamma) * (1 - p - gamma * p * torch.log(p.clamp(min=_FLT_MIN)))
     term_n = torch.pow(p, gamma) * (gamma * (1 - p) * torch.log((1 - p).clamp(min=_FLT_MIN)) - p)
     g = -flag_p * alpha * term_p - flag_n * (1 - alpha) * term_n
