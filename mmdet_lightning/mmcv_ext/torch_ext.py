@@ -102,8 +102,9 @@ def _stub(name: str) -> Callable[..., Any]:
 
 
 def __getattr__(name: str) -> Any:
-    # a later mmcv may ask load_ext for names we do not know: a stub, so that `import mmcv.ops` still works
-    if name.startswith("__"):
+    # a later mmcv may ask load_ext for names we do not know: a stub, so that `import mmcv.ops` still works; mmcv's
+    # op names never start with "_" or "pytest" (pytest's doctest collection asks this module for `pytest_plugins`)
+    if name.startswith("_") or name.startswith("pytest"):
         raise AttributeError(name)
     return _stub(name)
 
