@@ -89,8 +89,18 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(
     assert len(run_ids) == 1
     assert set(_model_files(before)) & set(_model_files(after)) == set()
     assert _model_files(after) == ["iter_10.ckpt", "iter_12.ckpt"]
-    assert [a.name for a in artifacts(before)].count("val") == 1
-    assert "val" not in [a.name for a in artifacts(after)]  # the validation table is not uploaded twice
+    # `val` reaches the run once: before the kill, or (when the worker had not logged it by the time of the
+    # checkpoint: a loaded machine) from the resumed process, with the same contents
+    tables_state = [state["WandbDetectionTables"] for state in checkpoint["callbacks"].values()
+                    if "WandbDetectionTables" in state]
+    assert len(tables_state) == 1
+    vals_before = [a for a in artifacts(before) if a.name == "val"]
+    vals_after = [a for a in artifacts(after) if a.name == "val"]
+    if tables_state[0]["val_logged"]:
+        assert len(vals_before) == 1 and vals_after == []  # the validation table is not uploaded twice
+    else:
+        assert len(vals_before) <= 1 and len(vals_after) == 1
+        assert {a.digest for a in vals_before + vals_after} == {vals_after[0].digest}  # one W&B version
     preds = [sorted(a.aliases) for a in artifacts(after) if a.type == "evaluation"]
     assert preds == [["epoch_2", "latest"]]
     assert any(r.WhichOneof("record_type") == "exit" for r in after)

@@ -151,3 +151,39 @@ def test_training_goes_on_while_the_tables_are_built(shapes_config: Any, tmp_pat
     assert names.count(("val", ["latest"])) == 1
     assert ("pred", ["epoch_1", "latest"]) in names and ("pred", ["epoch_2", "latest"]) in names
     assert [a for a in artifacts(records) if a.type == "model"] and len([n for n in names if n[0] == "model"]) == 2
+
+
+def test_a_checkpoint_records_val_as_logged_only_once_it_is_in_the_run() -> None:
+    """A checkpoint saved while the worker still builds `val`, then a crash, must not make the resumed run
+    skip it (the SIGKILL test saw exactly that on a loaded CI machine)."""
+    callback = tables.WandbDetectionTables(num_eval_images=2)
+    logged: list[str] = []
+
+    class Run:
+        def log_artifact(self, artifact: Any, aliases: Any = None) -> None:
+            logged.append(artifact.name)
+
+    release = _blocker(callback.worker)
+    callback.val_logged = True  # what `_log` does when it hands the tables over
+    callback.worker.submit(callback._log_val_table, Run(), [], {}, [], None, False)
+    assert callback.state_dict()["val_logged"] is False  # handed over, not in the run
+    release.set()
+    callback.worker.drain()
+    assert logged == ["val"] and callback.state_dict()["val_logged"] is True
+    callback.worker.close()
+
+    resumed = tables.WandbDetectionTables(num_eval_images=2)
+    resumed.load_state_dict({"indices": [0, 1], "val_logged": True})
+    assert resumed.val_logged and resumed.state_dict()["val_logged"] is True
+
+
+def test_preemption_drains_every_worker_before_its_checkpoint() -> None:
+    from mmdet_lightning.wandb.worker import drain_all_workers
+
+    worker, done = BackgroundWorker(), []
+    release = _blocker(worker)
+    worker.submit(done.append, "table")
+    threading.Timer(0.2, release.set).start()
+    drain_all_workers()
+    assert done == ["table"]
+    worker.close()

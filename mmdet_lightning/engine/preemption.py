@@ -37,6 +37,7 @@ import torch
 
 from .._compat import lightning as lightning_compat
 from ..lightning_package import pl
+from ..wandb.worker import drain_all_workers
 
 __all__ = ["PreemptionHandler", "lightning_has_sigterm_switch", "newest_hpc_checkpoint"]
 
@@ -158,6 +159,7 @@ class PreemptionHandler(pl.Callback):
         SIGTERM exit after this batch (``received_sigterm``)."""
         self.stopped, self._pending = decision, _NONE
         if self.checkpoint:
+            drain_all_workers()  # the job ends here: the checkpoint records the W&B tables as in the run
             path = lightning_compat.hpc_save_path(trainer, str(trainer.default_root_dir))
             path = trainer.strategy.broadcast(path)
             trainer.save_checkpoint(path)  # collective; SafeCheckpointIO writes it atomically

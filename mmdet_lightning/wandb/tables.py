@@ -94,6 +94,7 @@ class WandbDetectionTables(Callback):
         self.seed = seed
         self.indices: list[int] | None = None
         self.val_logged = False
+        self._val_in_run = False  # set by the worker once `val` is logged to the run
         self._by_path: dict[str, int] = {}
         self._predictions: dict[int, Instances] = {}
         self._with_masks = False
@@ -210,6 +211,7 @@ class WandbDetectionTables(Callback):
         artifact.add(self._val_table(indices, infos, classes, class_set, with_masks), self.VAL_TABLE)
         run.log_artifact(artifact)
         self._val_artifact = artifact
+        self._val_in_run = True
 
     def _val_table(self, indices: list[int], infos: dict[int, dict[str, Any]], classes: list[str],
                    class_set: Classes, with_masks: bool) -> wandb.Table:
@@ -259,7 +261,10 @@ class WandbDetectionTables(Callback):
             wandb_compat.artifact_register_local_path(artifact, local, entry)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"indices": self.indices, "val_logged": self.val_logged}
+        # what is in the run, not what is handed over: a checkpoint saved while the worker still builds `val`,
+        # then a crash (SIGKILL, OOM), has the resumed run log it (again, at worst: the same files make the
+        # same artifact digest, so W&B keeps one version) rather than never
+        return {"indices": self.indices, "val_logged": self._val_in_run}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # resumed: the same images; `val` is not logged again (the prediction tables embed their images,
@@ -267,6 +272,8 @@ class WandbDetectionTables(Callback):
         # `validate` / `test --ckpt_path` restore callbacks too, into a new run: the same images, `val` logged there
         self.indices = state_dict.get("indices")
         self.val_logged = bool(state_dict.get("val_logged", False)) and getattr(self, "_stage", "fit") == "fit"
+        if self.val_logged:
+            self._val_in_run = True
 
 
 def _dataset(trainer: pl.Trainer) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,16 @@ from ..lightning_package import pl
 
 rank_zero_warn = pl.utilities.rank_zero_warn
 
-__all__ = ["BackgroundWorker"]
+__all__ = ["BackgroundWorker", "drain_all_workers"]
+
+_workers: weakref.WeakSet[BackgroundWorker] = weakref.WeakSet()
+
+
+def drain_all_workers() -> None:
+    """Wait until every job of every worker of this process has run: before a checkpoint that ends the job
+    (preemption), so that what it records as logged is in the run."""
+    for worker in list(_workers):
+        worker.drain()
 
 
 class BackgroundWorker:
@@ -69,6 +79,7 @@ class BackgroundWorker:
         self._lock = threading.Lock()
         #: how many jobs have raised since the worker was made
         self.failures = 0
+        _workers.add(self)
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Run ``fn(*args, **kwargs)`` on the worker thread (inline when ``background`` is False, or when
