@@ -13,6 +13,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from .optional_packages import check_optional_packages
 from .tasks.base import is_proposal_head
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ def load_config(config: ConfigLike, cfg_options: CfgOptions | None = None) -> Co
         FileNotFoundError: the path does not exist.
         ValueError: the file cannot be parsed, or has no ``model``, or the model's task is not supported;
             a ``cfg_options`` key that is not in the config.
+        ModuleNotFoundError: the config needs a package beyond mmdet's requirements that is not installed
+            (:mod:`mmdet_lightning.optional_packages`; the message names the extra).
 
     Example::
         >>> cfg = load_config({"model": {"type": "RetinaNet"}})
@@ -90,10 +93,12 @@ def load_config(config: ConfigLike, cfg_options: CfgOptions | None = None) -> Co
                 "Hint: pass the path of an mmdet 3.x config, for example configs/mmdet/shapes_faster_rcnn.py."
             )
         try:
-            cfg = Config.fromfile(str(path))
+            cfg = Config.fromfile(str(path), import_custom_modules=False)
         except Exception as err:  # mmengine raises SyntaxError, KeyError, ImportError, ... for bad files
             raise ValueError(f"Could not parse the config file {str(path)!r}: {type(err).__name__}: {err}") from err
         source = str(path)
+        check_optional_packages(cfg, f"The config {source}")
+        _import_custom_modules(cfg, source)
     else:
         raise TypeError(
             f"Expected a config path, dict or mmengine Config, but got {type(config).__name__}: {config!r}."
@@ -106,7 +111,22 @@ def load_config(config: ConfigLike, cfg_options: CfgOptions | None = None) -> Co
             "Hint: an mmdet config defines `model = dict(type=..., backbone=..., ...)`, directly or through `_base_`."
         )
     check_supported_task(cfg.model)
+    check_optional_packages(cfg, f"The config from {source}")
     return cfg
+
+
+def _import_custom_modules(cfg: Config, source: str) -> None:
+    """Import the config's ``custom_imports``, as ``Config.fromfile`` does, once the packages are checked."""
+    from mmengine.utils import import_modules_from_strings
+
+    if cfg.get("custom_imports"):
+        try:
+            import_modules_from_strings(**cfg["custom_imports"])
+        except ImportError as err:
+            raise ValueError(
+                f"Could not import the custom modules {dict(cfg['custom_imports'])} of the config {source!r}: {err}\n"
+                "Hint: install the package that provides them, or put its folder on PYTHONPATH."
+            ) from err
 
 
 def parse_cfg_options(options: CfgOptions) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (or check) the project's virtual environment: torch, mmcv, mmdet and mmdet-lightning with its dev extra.
+# Set up (or check) the project's virtual environment: torch, mmcv, mmdet and mmdet-lightning with its dev and zoo
+# extras (zoo: the packages some model zoo families need, wheels only).
 # Idempotent; a second run with nothing changed takes seconds.
 #   VENV=.venv           where the environment lives
 #   PYTHON=python3       interpreter that creates it
@@ -43,7 +44,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   echo "setup: installing $TORCH_SPEC"
   pip install -q "$TORCH_SPEC"
 fi
-extras="dev"
+extras="dev,zoo"
 if has_compiled_ops; then
   echo "setup: keeping the installed mmcv with compiled ops"
 elif [ "$MMCV_OPS" = compiled ]; then
@@ -61,9 +62,9 @@ elif has_dist mmcv; then
   echo "setup: keeping the installed mmcv (without compiled ops: mmdet_lightning serves them in PyTorch)"
 else
   # no compiler: mmcv's pure-python distribution, installed with the package in one resolver pass
-  extras="dev,mmcv-lite"
+  extras="dev,zoo,mmcv-lite"
 fi
-pip install -q -e ".[$extras]" $([ "$extras" = "dev,mmcv-lite" ] && echo "$MMCV_LITE_SPEC")
+pip install -q -e ".[$extras]" $([ "$extras" = "dev,zoo,mmcv-lite" ] && echo "$MMCV_LITE_SPEC")
 "$PY" -c "$check; from mmdet_lightning.mmcv_ext import ops_backend; print('setup: ok, torch', \
 __import__('torch').__version__, 'mmcv', mmcv.__version__, '(ops: ' + ops_backend() + ')', 'mmdet', mmdet.__version__)"
 echo "$fingerprint" > "$stamp"

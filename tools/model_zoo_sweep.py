@@ -15,7 +15,8 @@ the ``mmcv.ops`` modules in it and the ``mmcv._ext`` functions those modules cal
 function (NMS in every detector's post-processing, Soft-NMS and ``nms_match`` where the config asks for them,
 RoIAlign in mask targets); a family runs without mmcv's compiled ops when all of them have a PyTorch
 implementation in ``mmdet_lightning.mmcv_ext`` (derived from the ops, not from training in that mode).
-Without a results file, ``--table-only`` and ``--ops`` keep the rows already in the doc.
+The doc's rows are kept for the families that the results file does not hold, so a sweep of a few families
+updates their rows only.
 """
 
 from __future__ import annotations
@@ -181,6 +182,8 @@ def read_doc_table(doc: Path) -> dict[str, dict[str, Any]]:
             record["seconds"] = float(row["seconds"])
         if row.get("image px"):
             record["max_side"] = int(row["image px"])
+        if row.get("no compiler"):
+            record["no_compiler"] = row["no compiler"]
         records[row["family"]] = record
     return records
 
@@ -233,7 +236,8 @@ def write_table(records: dict[str, dict[str, Any]], doc: Path, iterations: int,
         reason = str(r.get("reason", "")).replace("|", "\\|")
         side = r.get("max_side", 128) if r["status"] in ("pass", "fail") else ""  # 128: the first size tried
         lines.append(f"| {r['family']} | `{r.get('config', '')}` | {r['status']} | {side} "
-                     f"| {r.get('seconds', '')} | {no_compiler_cell(ops.get(r['family']))} | {reason} |")
+                     f"| {r.get('seconds', '')} | {no_compiler_cell(ops.get(r['family'])) or r.get('no_compiler', '')} "
+                     f"| {reason} |")
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(lines) + "\n")
     print(f"wrote {doc}: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]))
@@ -271,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
             done = read_results(Path(args.results))
             families = [f for f in families if f not in done]
         sweep(families, args)
-    records = read_results(Path(args.results)) or read_doc_table(Path(args.doc))
+    # the doc's rows, updated by the families run since: a sweep of a few families keeps the others' rows
+    records = {**read_doc_table(Path(args.doc)), **read_results(Path(args.results))}
     write_table(records, Path(args.doc), args.iterations, read_results(Path(args.results).with_name("ops.jsonl")))
 
 

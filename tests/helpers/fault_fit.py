@@ -3,7 +3,9 @@
     python tests/helpers/fault_fit.py OUT_DIR DATA_ROOT [--kill-at N] [--sigterm-at N] [--resume CKPT] [--wandb]
 
 2 epochs of 6 batches; ModelCheckpoint every 2 iterations (``last.ckpt`` too) and OnExceptionCheckpoint.
-``--kill-at N`` sends SIGKILL to this process during the backward pass of iteration N (counted from 0);
+``--kill-at N`` sends SIGKILL to this process during the backward pass of iteration N (counted from 0), once
+wandb-core has written to the transaction log every artifact the W&B callbacks count as logged (a SIGKILL loses
+what wandb's service still holds in memory: wandb's limit, not what the tests are about);
 ``--sigterm-at N`` sends SIGTERM at the start of iteration N (Lightning stops after that batch).
 ``--wandb`` logs offline with MMDetWandbCallback(log_checkpoint=True); with ``--resume`` it continues the
 W&B run stored in the checkpoint; ``--wandb --online`` uses ResilientWandbLogger with the environment's W&B settings.
@@ -17,6 +19,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,7 @@ class FaultInjector(pl.Callback):
 
     def __init__(self, kill_at: int | None, sigterm_at: int | None) -> None:
         self.kill_at, self.sigterm_at = kill_at, sigterm_at
+        self.wandb: Any = None  # the MMDetWandbCallback, when W&B logs
         self.lrs: dict[int, float] = {}
         self.batches: dict[int, list[str]] = {}
         self.losses: dict[int, float] = {}
@@ -56,7 +60,27 @@ class FaultInjector(pl.Callback):
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: Any, loss: torch.Tensor) -> None:
         if pl_module._iteration() == self.kill_at:
+            if self.wandb is not None:
+                self._wait_for_wandb_log(trainer)
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def _wait_for_wandb_log(self, trainer: pl.Trainer, timeout: float = 120.0) -> None:
+        from mmdet_lightning.wandb.records import artifacts, find_run_file, read_records
+        from mmdet_lightning.wandb.worker import drain_all_workers
+
+        drain_all_workers()
+        state = self.wandb.state_dict()
+        # last.ckpt counts as uploaded with the iter_N.ckpt it copies; the artifact holds that one
+        expected = {Path(path).name for path in state["WandbCheckpointArtifacts"]["uploaded"]} - {"last.ckpt"}
+        expected |= {"val"} if state["WandbDetectionTables"]["val_logged"] else set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            written = artifacts(read_records(find_run_file(trainer.default_root_dir), finished_within=0))
+            logged = {a.name for a in written} | {e.path for a in written for e in a.manifest.contents}
+            if expected <= logged:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"wandb-core did not write {sorted(expected - logged)} within {timeout} s")
 
 
 def main() -> None:
@@ -102,8 +126,9 @@ def main() -> None:
         else:
             logger = pl.loggers.WandbLogger(offline=True, save_dir=str(args.out), project="faults", id=run_id,
                                  resume="allow" if run_id else None)
-        callbacks.append(MMDetWandbCallback(interval=1, log_checkpoint=True, log_checkpoint_metadata=False,
-                                            num_eval_images=2))
+        injector.wandb = MMDetWandbCallback(interval=1, log_checkpoint=True, log_checkpoint_metadata=False,
+                                            num_eval_images=2)
+        callbacks.append(injector.wandb)
     trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cpu", logger=logger, callbacks=callbacks,
                          enable_progress_bar=False, num_sanity_val_steps=0, default_root_dir=str(args.out))
     module = MMDetModule(cfg)
