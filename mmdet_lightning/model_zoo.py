@@ -316,6 +316,19 @@ def _cap_detections(cfg: Config, max_per_img: int, nms_pre: int) -> None:
     _walk(cfg.model.get("test_cfg"), visit)
 
 
+def _cap_queries(cfg: Config, num_queries: int) -> None:
+    """Fewer object queries (DETR family) and learned proposals (Sparse R-CNN, QueryInst): DINO's top-k of 900
+    queries over the encoder's tokens fails on small images ("selected index k out of range": 128 px make 340
+    tokens), and each query costs a CPU time."""
+
+    def visit(node: dict) -> None:
+        for key in ("num_queries", "num_proposals"):
+            if isinstance(node.get(key), int) and node[key] > num_queries:
+                node[key] = num_queries
+
+    _walk(cfg.model, visit)
+
+
 def adapt_to_dataset(cfg: Config, data_root: str | Path, classes: Sequence[str], *, max_side: int = 128,
                      train_batch_size: int = 2, val_batch_size: int = 2) -> Config:
     """A copy of an mmdet config that trains on the COCO-format dataset at ``data_root`` (the layout of
@@ -323,7 +336,7 @@ def adapt_to_dataset(cfg: Config, data_root: str | Path, classes: Sequence[str],
     (wrappers such as ``RepeatDataset`` and ``MultiImageMixDataset`` kept, their pipelines kept), the heads
     predict ``len(classes)`` classes, evaluators are ``CocoMetric`` (``segm`` too for mask models), image
     sizes are shrunk to ``max_side`` (SSD keeps its 300 px), at most 50 detections and 500 pre-NMS boxes
-    per image, pretrained weights and teacher checkpoints are dropped (teacher configs are found in mmdet's
+    per image, at most 100 object queries or learned proposals, pretrained weights and teacher checkpoints are dropped (teacher configs are found in mmdet's
     package), ``SyncBN`` becomes ``BN`` (one process) and ``AmpOptimWrapper`` a plain ``OptimWrapper``
     (CUDA only; precision is the Trainer's here).
 
@@ -342,6 +355,7 @@ def adapt_to_dataset(cfg: Config, data_root: str | Path, classes: Sequence[str],
     _set_num_classes(cfg, len(classes))
     _set_syncbn_to_bn(cfg)
     _cap_detections(cfg, max_per_img=50, nms_pre=500)
+    _cap_queries(cfg, num_queries=100)
     if cfg.get("optim_wrapper"):  # AmpOptimWrapper is CUDA only; the Trainer's precision here
         cfg.optim_wrapper = plain_optim_wrapper_cfg(cfg.optim_wrapper, warn=False)
     heads = [type_ for type_ in _types(cfg.model) if type_ in _MIN_SIZE]

@@ -5,7 +5,10 @@ each run a fresh process as a user's job is (``tests/helpers/preempt_fit.py``)."
 from __future__ import annotations
 
 import json
+import os
+import random
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from mmdet_lightning.wandb.records import artifacts, read_records
 from .helpers.user_env import explain, run_as_user
 
 SCRIPT = Path(__file__).parent / "helpers" / "preempt_fit.py"
+SLURM_JOB = Path(__file__).parent / "helpers" / "slurm_job.py"
 
 
 def _fit(out: Path, data_root: Path, *args: str) -> Any:
@@ -72,21 +76,88 @@ def test_a_signal_stops_every_rank_at_one_batch_and_the_resume_ends_as_uninterru
 
     resumed = _fit(tmp_path, preempt_shapes, "--resume")
     assert resumed.returncode == 0, explain(resumed)
-    ours, theirs = torch.load(tmp_path / "final.pt", weights_only=False), torch.load(reference / "final.pt",
-                                                                                      weights_only=False)
+    _assert_resumed_as_uninterrupted(tmp_path, reference)
+
+
+def _assert_resumed_as_uninterrupted(out: Path, reference: Path) -> None:
+    """The resumed run ends as the uninterrupted one (weights, optimizer, every LR and loss of both ranks), in one
+    W&B run marked preempting, with every artifact once."""
+    ours, theirs = torch.load(out / "final.pt", weights_only=False), torch.load(reference / "final.pt",
+                                                                                 weights_only=False)
     for key, value in theirs["state_dict"].items():
         assert torch.equal(ours["state_dict"][key], value), key
     for a, b in zip(ours["optimizer"]["state"].values(), theirs["optimizer"]["state"].values(), strict=True):
         assert all(torch.equal(a[k], b[k]) for k in b)
     for r in (0, 1):
-        assert _iterations(tmp_path, r) == _iterations(reference, r)  # every iteration's LR and loss, both ranks
+        assert _iterations(out, r) == _iterations(reference, r)  # every iteration's LR and loss, both ranks
 
-    records = _records(tmp_path)
+    records = _records(out)
     assert len({r.run.run_id for r in records if r.WhichOneof("record_type") == "run"}) == 1
     assert any(r.WhichOneof("record_type") == "preempting" for r in records)
     models = [e.path for a in artifacts(records) if a.type == "model" for e in a.manifest.contents]
     assert len(models) == len(set(models))  # every checkpoint uploaded once
     assert [a.name for a in artifacts(records)].count("val") == 1
+
+
+def _random_preemption(seed: int) -> tuple[str, int, int]:
+    """(during, rank, iteration) of a signal: anywhere in the 8 iterations that leaves the two batches the ranks
+    take to agree (mid-epoch, during the first validation or the first checkpoint write), from either rank."""
+    rng = random.Random(seed)
+    during = rng.choice(["train", "val", "save"])
+    return during, rng.randrange(2), rng.randrange(5) if during == "train" else rng.randrange(4)
+
+
+def _free_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+def _job(launcher: str, out: Path, data_root: Path, *args: str) -> list[str]:
+    """The command of a 2-process job: torchrun (``--standalone``) or the tasks of a SLURM-style job."""
+    fit = [str(SCRIPT), str(out), str(data_root), *args]
+    if launcher == "torchrun":
+        return ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *fit]
+    return ["python", str(SLURM_JOB), "2", _free_port(), "--", "python", *fit]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("launcher, signal_name, send_to, seed", [
+    ("torchrun", "SIGTERM", "parent", 5), ("torchrun", "SIGTERM", "parent", 9), ("slurm", "SIGUSR1", "group", 8)],
+    ids=["torchrun-checkpoint-write", "torchrun-validation", "slurm-usr1-mid-epoch"])
+def test_a_job_preempted_under_torchrun_or_slurm_resumes_as_uninterrupted(
+        preempt_shapes: Path, reference: Path, tmp_path: Path, launcher: str, signal_name: str, send_to: str,
+        seed: int) -> None:
+    """The signal goes to the job as a cluster sends it: SIGTERM to the torchrun agent (which passes it on to every
+    worker), SLURM's ``--signal=USR1@90`` to every task of the job, at a step drawn from ``seed``; every rank stops
+    at one batch with Lightning's SIGTERM exit, rank 0 asks SLURM to requeue (``scontrol requeue``, here a script
+    that records its arguments), and the same command resumes into the same W&B run as if nothing had happened."""
+    during, rank, at = _random_preemption(seed)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    scontrol.chmod(0o755)
+    path = os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])
+
+    signal_args = ("--signal-at", str(at), "--signal-rank", str(rank), "--during", during,
+                   "--signal-name", signal_name, "--send-to", send_to)
+    stopped = run_as_user(_job(launcher, tmp_path, preempt_shapes, *signal_args), cwd=tmp_path, timeout=600,
+                          PATH=path)
+    assert all((tmp_path / f"rank{r}.first.json").exists() for r in (0, 1)), explain(stopped)
+    exceptions = [json.loads((tmp_path / f"rank{r}.first.json").read_text())["exception"] for r in (0, 1)]
+    assert exceptions == ["SIGTERMException"] * 2, explain(stopped)  # every rank stopped, not killed
+    (hpc,) = tmp_path.glob("hpc_ckpt_*.ckpt")
+    first = [_iterations(tmp_path, r) for r in (0, 1)]
+    assert first[0]["lrs"].keys() == first[1]["lrs"].keys()  # both ranks trained the same batches, then stopped
+    assert torch.load(hpc, weights_only=False)["global_step"] == len(first[0]["lrs"]) < 8
+    requeued = (tmp_path / "scontrol.log").read_text() if (tmp_path / "scontrol.log").exists() else ""
+    assert requeued == ("requeue 4242\n" if signal_name == "SIGUSR1" else "")
+
+    resumed = run_as_user(_job(launcher, tmp_path, preempt_shapes, "--resume"), cwd=tmp_path, timeout=600)
+    assert resumed.returncode == 0, explain(resumed)
+    _assert_resumed_as_uninterrupted(tmp_path, reference)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

@@ -1,12 +1,16 @@
 """A 2-process DDP fit (gloo, Lightning's launcher) that a signal can preempt; run as a script by test_preemption.py.
 
     python tests/helpers/preempt_fit.py OUT_DIR DATA_ROOT [--signal-at N] [--signal-rank R] [--during train|val|save]
-                                [--signal SIGTERM|SIGUSR1] [--resume]
+                                [--signal-name SIGTERM|SIGUSR1] [--send-to self|parent|group] [--resume]
 
 RetinaNet, 2 epochs of 4 batches per process, validation and a checkpoint (``last.ckpt``) every epoch, W&B
-offline with MMDetWandbCallback(log_checkpoint=True). ``--signal-at N`` sends the signal to rank R's own process:
-``train`` at the start of iteration N, ``val`` at the first validation batch after iteration N, ``save`` while the
-checkpoint after iteration N is written. ``--resume`` continues from the newest ``hpc_ckpt_*.ckpt`` into the W&B
+offline with MMDetWandbCallback(log_checkpoint=True). ``--signal-at N`` has rank R send the signal: ``train`` at
+the start of iteration N, ``val`` at the first validation batch after iteration N, ``save`` while the checkpoint
+after iteration N is written; to its own process (``self``), to its parent (``parent``: the ``torchrun`` agent, which
+passes it on to every worker, as a cluster's SIGTERM to the job does) or to its process group (``group``: every task
+of a SLURM-style job, as SLURM's ``--signal`` does, see ``tests/helpers/slurm_job.py``). Under ``torchrun`` or a
+SLURM-style launch each process is one rank and Lightning's environment is detected from the variables.
+``--resume`` continues from the newest ``hpc_ckpt_*.ckpt`` into the W&B
 run stored in it. Each rank writes OUT_DIR/rank<R>.json (learning rate and loss of every iteration it trained);
 a run that ends writes OUT_DIR/final.pt (weights, optimizer state) from rank 0.
 """
@@ -38,11 +42,12 @@ def main() -> None:
     parser.add_argument("--signal-at", type=int)
     parser.add_argument("--signal-rank", type=int, default=0)
     parser.add_argument("--during", choices=("train", "val", "save"), default="train")
-    parser.add_argument("--signal", default="SIGTERM")
+    parser.add_argument("--signal-name", default="SIGTERM")
+    parser.add_argument("--send-to", choices=("self", "parent", "group"), default="self")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--ckpt-dir", type=Path, help="ModelCheckpoint's folder (default OUT_DIR/ckpt)")
     args = parser.parse_args()
-    signum = getattr(signal, args.signal)
+    signum = getattr(signal, args.signal_name)
 
     class Recorder(pl.Callback):
         def __init__(self) -> None:
@@ -54,7 +59,10 @@ def main() -> None:
             if (args.signal_at is not None and not self.sent and args.during == during
                     and trainer.global_rank == args.signal_rank and pl_module._iteration() >= args.signal_at):
                 self.sent = True
-                os.kill(os.getpid(), signum)
+                if args.send_to == "group":
+                    os.killpg(0, signum)
+                else:
+                    os.kill(os.getppid() if args.send_to == "parent" else os.getpid(), signum)
 
         def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
             self.lrs[pl_module._iteration()] = trainer.optimizers[0].param_groups[0]["lr"]
