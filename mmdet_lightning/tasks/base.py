@@ -76,6 +76,14 @@ class Task:
         """What a W&B table or the prediction writer shows of one predicted sample (None: nothing to show)."""
         return None
 
+    def ground_truth_instances(self, data_info: Mapping[str, Any], height: int, width: int,
+                               with_masks: bool) -> Instances:
+        """What a W&B table shows of one image's ground truth (the dataset's ``get_data_info``): its
+        ``instances``, with masks when ``with_masks``."""
+        from ..wandb.media import instances_from_data_info
+
+        return instances_from_data_info(data_info, height, width, with_masks=with_masks)
+
     def has_masks(self, sample: Any) -> bool:
         """Whether the predictions of ``sample`` carry masks (W&B tables then draw them)."""
         return False

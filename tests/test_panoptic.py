@@ -1,0 +1,190 @@
+"""Panoptic segmentation: the task, the synthetic panoptic data, PQ without panopticapi, training and W&B."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmdet_lightning.config import load_config
+from mmdet_lightning.model_zoo import mmdet_configs_dir
+from mmdet_lightning.panoptic_quality import PQStat, id2rgb, install_panopticapi, rgb2id
+from mmdet_lightning.synthetic import CLASSES, STUFF_CLASSES, ShapesConfig, make_shapes_dataset
+from mmdet_lightning.tasks import DetectionTask, PanopticTask, task_for_model
+
+ALL_CLASSES = (*CLASSES, *STUFF_CLASSES)
+META = {"classes": ALL_CLASSES, "thing_classes": CLASSES, "stuff_classes": STUFF_CLASSES}
+
+
+# ---------------------------------------------------------------------------------------------------- the task
+@pytest.mark.parametrize("config", [
+    "panoptic_fpn/panoptic-fpn_r50_fpn_1x_coco.py",
+    "maskformer/maskformer_r50_ms-16xb1-75e_coco.py",
+    "mask2former/mask2former_r50_8xb2-lsj-50e_coco-panoptic.py",
+])
+def test_mmdet_panoptic_configs_go_to_the_panoptic_task(config: str) -> None:
+    cfg = load_config(mmdet_configs_dir() / config)  # refused before this task existed
+    assert isinstance(task_for_model(cfg.model), PanopticTask)
+
+
+def test_instance_mask2former_stays_detection() -> None:
+    cfg = load_config(mmdet_configs_dir() / "mask2former/mask2former_r50_8xb2-lsj-50e_coco.py")
+    assert type(task_for_model(cfg.model)) is DetectionTask
+
+
+def test_class_check_counts_things_and_stuff(panoptic_config: Any) -> None:
+    from mmdet_lightning import MMDetModule
+
+    module = MMDetModule(panoptic_config())
+    assert module.num_classes() == {"model": 5, "semantic_head": 5, "panoptic_fusion_head": 5}
+    task = module.task
+    assert isinstance(task, PanopticTask) and task.things_and_stuff is None
+    task.check_classes(module.model, ALL_CLASSES, "train")
+    assert task.things_and_stuff == (3, 2)
+    with pytest.raises(ValueError, match=r"has 4 classes .*num_things_classes=3, num_stuff_classes=2.*\nHint: set "
+                                         r"num_things_classes and num_stuff_classes"):
+        task.check_classes(module.model, ALL_CLASSES[:4], "val")
+    module.model.roi_head.bbox_head.num_classes = 4  # the instance heads predict the things
+    with pytest.raises(ValueError, match=r"roi_head.bbox_head.num_classes=4 \(the instance heads predict the 3 thing"):
+        task.check_classes(module.model, ALL_CLASSES, "val")
+
+
+def test_predictions_are_float32_and_segments_are_shown_with_their_classes() -> None:
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import PixelData
+
+    task = PanopticTask()
+    task.things_and_stuff = (3, 2)
+    ids = np.full((6, 8), 3, dtype=np.int64)  # stuff "background" (label 3)
+    ids[4:] = 4  # floor
+    ids[1:3, 1:4] = 0 + 1 * 1000  # a circle, instance 1
+    ids[0, 7] = 5  # void (label == class count)
+    sample = DetDataSample(metainfo={"img_path": "a.png"})
+    sample.pred_panoptic_seg = PixelData(sem_seg=torch.from_numpy(ids)[None])
+    sample.pred_sem_seg = PixelData(sem_seg=torch.zeros(5, 6, 8, dtype=torch.bfloat16))
+    (out,) = task.predictions_to_float32([sample])
+    assert out.pred_sem_seg.sem_seg.dtype == torch.float32 and out.pred_panoptic_seg.sem_seg.dtype == torch.int64
+    shown = task.predicted_instances(out, score_thr=0.3)
+    assert shown is not None and task.has_masks(out)
+    assert sorted(shown.labels.tolist()) == [0, 3, 4]
+    circle = shown.labels.tolist().index(0)
+    assert shown.boxes[circle].tolist() == [1.0, 1.0, 4.0, 3.0] and int(shown.masks[circle].sum()) == 6
+    assert shown.boxed is not None and shown.boxed.tolist() == [label < 3 for label in shown.labels.tolist()]
+    assert not shown.masks.any(axis=0)[0, 7]  # void is not a segment
+
+
+# ---------------------------------------------------------------------------------------------------- the data
+def test_panoptic_data_is_deterministic_and_consistent(panoptic_root: Path, tmp_path: Path) -> None:
+    again = make_shapes_dataset(tmp_path / "again", ShapesConfig(num_train=16, num_val=6, width=64, height=64,
+                                                                   seed=0, panoptic=True))
+    for rel in ("annotations/panoptic_val.json", "annotations/panoptic_val/000003.png", "val/000003.png"):
+        assert (again / rel).read_bytes() == (panoptic_root / rel).read_bytes(), rel
+    coco = json.loads((panoptic_root / "annotations/panoptic_val.json").read_text())
+    assert [(c["name"], c["isthing"]) for c in coco["categories"]] == [(n, 1) for n in CLASSES] + [
+        (n, 0) for n in STUFF_CLASSES]
+    things_seen = set()
+    for ann in coco["annotations"]:
+        ids = rgb2id(np.asarray(Image.open(panoptic_root / "annotations/panoptic_val" / ann["file_name"])))
+        assert ids.shape == (64, 64) and not (ids == 0).any()  # every pixel belongs to a segment
+        assert sorted(np.unique(ids).tolist()) == sorted(s["id"] for s in ann["segments_info"])
+        for seg in ann["segments_info"]:
+            assert int((ids == seg["id"]).sum()) == seg["area"]
+            things_seen.update([seg["category_id"]] if seg["category_id"] <= len(CLASSES) else [])
+        assert {s["category_id"] for s in ann["segments_info"]} >= {len(CLASSES) + 1, len(CLASSES) + 2}
+    assert things_seen == {1, 2, 3}
+
+
+def test_the_cli_writes_the_panoptic_mode(tmp_path: Path) -> None:
+    from mmdet_lightning.synthetic import main
+
+    main(["--out", str(tmp_path), "--num-train", "1", "--num-val", "1", "--size", "32", "--panoptic"])
+    assert (tmp_path / "annotations/panoptic_train/000000.png").is_file()
+    assert json.loads((tmp_path / "meta.json").read_text())["panoptic"] is True
+
+
+# ---------------------------------------------------------------------------------------------------- PQ
+def _perturbed_prediction(gt_ids: np.ndarray, segments: list[dict], cat2label: dict[int, int],
+                          rng: np.random.Generator) -> np.ndarray:
+    """A prediction as mmdet's panoptic heads write it (``label + instance * 1000``, void = the class count) made
+    from the ground truth: segments shifted, some dropped to void, some given another class of their kind."""
+    num_things, num_classes = len(CLASSES), len(ALL_CLASSES)
+    pan = np.full(gt_ids.shape, num_classes, dtype=np.int64)
+    for instance, seg in enumerate(segments, start=1):
+        label = cat2label[seg["category_id"]]
+        draw = rng.random()
+        if draw < 0.15:
+            continue
+        if draw < 0.3:
+            label = int(rng.integers(num_things)) if label < num_things else int(rng.integers(num_things, num_classes))
+        mask = np.roll(gt_ids == seg["id"], tuple(rng.integers(-3, 4, size=2)), axis=(0, 1))
+        pan[mask] = label + (instance * 1000 if label < num_things else 0)
+    return pan
+
+
+def test_coco_panoptic_metric_without_panopticapi_equals_hotcoco(panoptic_root: Path, tmp_path: Path) -> None:
+    """mmdet's CocoPanopticMetric, run on panoptic_quality's stand-in for panopticapi, gives hotcoco's numbers
+    (an independent PQ implementation) on the same predictions: all / things / stuff and per class."""
+    from hotcoco.panoptic import pq_compute
+    from mmdet.evaluation.metrics import CocoPanopticMetric
+    from mmdet.evaluation.metrics import coco_panoptic_metric as module
+
+    install_panopticapi()
+    ann_file = panoptic_root / "annotations/panoptic_val.json"
+    seg_prefix = panoptic_root / "annotations/panoptic_val"
+    coco = json.loads(ann_file.read_text())
+    cat2label = {c["id"]: i for i, c in enumerate(coco["categories"])}
+    metric = CocoPanopticMetric(ann_file=str(ann_file), seg_prefix=str(seg_prefix), classwise=True)
+    metric.dataset_meta = META
+    pred_folder = tmp_path / "pred"
+    pred_folder.mkdir()
+    pred_anns = []
+    rng = np.random.default_rng(0)
+    samples = []
+    for ann in coco["annotations"]:
+        gt_ids = rgb2id(np.asarray(Image.open(seg_prefix / ann["file_name"])))
+        pan = _perturbed_prediction(gt_ids, ann["segments_info"], cat2label, rng)
+        samples.append({"img_id": ann["image_id"], "img_path": str(panoptic_root / "val" / ann["file_name"]),
+                        "ori_shape": gt_ids.shape, "pred_panoptic_seg": {"sem_seg": torch.from_numpy(pan)[None]}})
+        # the same prediction in panopticapi's format, for hotcoco
+        segments = [{"id": int(v), "category_id": coco["categories"][int(v) % 1000]["id"]}
+                    for v in np.unique(pan) if v % 1000 != len(ALL_CLASSES)]
+        png = np.where(pan % 1000 == len(ALL_CLASSES), 0, pan)
+        Image.fromarray(id2rgb(png)).save(pred_folder / ann["file_name"])
+        pred_anns.append({"image_id": ann["image_id"], "file_name": ann["file_name"], "segments_info": segments})
+    (tmp_path / "pred.json").write_text(json.dumps({**coco, "annotations": pred_anns}))
+
+    captured: dict[str, Any] = {}
+    original = module.print_panoptic_table
+    module.print_panoptic_table = lambda pq, classwise=None, logger=None: captured.update(pq=pq, classwise=classwise)
+    try:
+        metric.process({}, samples)
+        ours = metric.evaluate(len(samples))
+    finally:
+        module.print_panoptic_table = original
+    theirs = pq_compute(str(ann_file), str(tmp_path / "pred.json"), str(seg_prefix), str(pred_folder))
+
+    assert 0 < ours["coco_panoptic/PQ"] < 100 and 0 < ours["coco_panoptic/PQ_th"] < 100
+    for name, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+        for key in ("pq", "sq", "rq"):
+            assert ours[f"coco_panoptic/{key.upper()}{suffix}"] == pytest.approx(100 * theirs[name][key], abs=1e-9)
+        assert captured["pq"][name]["n"] == theirs[name]["n"]
+    for cat, name in zip(coco["categories"], ALL_CLASSES, strict=True):
+        for key in ("pq", "sq", "rq"):
+            assert captured["classwise"][name][key] == pytest.approx(theirs["per_class"][cat["id"]][key], abs=1e-12)
+
+
+def test_pq_stat_sums_and_averages_as_panopticapi() -> None:
+    a, b = PQStat(), PQStat()
+    a[1].tp, a[1].iou, b[1].fp, b[2].fn = 2, 1.5, 1, 3
+    a += b
+    categories = {1: {"isthing": 1}, 2: {"isthing": 0}, 3: {"isthing": 0}}  # class 3: no segment, not counted
+    everything, per_class = a.pq_average(categories, isthing=None)
+    assert everything["n"] == 2 and everything["pq"] == pytest.approx((1.5 / 2.5 + 0.0) / 2)
+    assert per_class[1] == pytest.approx({"pq": 1.5 / 2.5, "sq": 0.75, "rq": 2 / 2.5})
+    assert per_class[3] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+    assert a.pq_average(categories, isthing=False)[0]["n"] == 1
