@@ -176,6 +176,12 @@ class MMDetModule(pl.LightningModule):
         the process that evaluated (rank 0); empty elsewhere and for evaluators without a ``CocoMetric``."""
         return self.evaluation.last_coco_eval
 
+    @property
+    def last_eval_details(self) -> dict[str, Any]:
+        """What the task kept of the latest validation (or test) beyond its scalars, on the process that evaluated
+        (rank 0): panoptic segmentation's per-class PQ / SQ / RQ (``Task.recording_evaluation``)."""
+        return self.evaluation.last_details
+
     def num_classes(self) -> dict[str, int]:
         """``num_classes`` of every class-predicting head (RPN heads excluded), by module name."""
         return self.task.class_counts(self.model)

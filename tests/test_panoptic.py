@@ -188,3 +188,65 @@ def test_pq_stat_sums_and_averages_as_panopticapi() -> None:
     assert per_class[1] == pytest.approx({"pq": 1.5 / 2.5, "sq": 0.75, "rq": 2 / 2.5})
     assert per_class[3] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}
     assert a.pq_average(categories, isthing=False)[0]["n"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+def _copy_without(panoptic_root: Path, tmp_path: Path, remove: str, empty: bool = False) -> Path:
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(panoptic_root, root)
+    shutil.rmtree(root / remove)
+    if empty:
+        (root / remove).mkdir()
+    return root
+
+
+@pytest.mark.parametrize("remove, empty, message", [
+    ("annotations/panoptic_train", False, r"train_dataloader: the folder of the panoptic PNGs '.*panoptic_train' does "
+                                          r"not exist .*data_prefix.seg='annotations/panoptic_train/'"),
+    ("annotations/panoptic_val", True, r"val_dataloader: the folder of the panoptic PNGs '.*panoptic_val' holds no "
+                                       r"PNG file"),
+])
+def test_a_dataset_without_its_panoptic_pngs_stops_before_training(panoptic_config: Any, panoptic_root: Path,
+                                                                    tmp_path: Path, remove: str, empty: bool,
+                                                                    message: str) -> None:
+    from mmdet_lightning import MMDetDataModule, MMDetModule
+    from mmdet_lightning.config import replace_data_root
+    from mmdet_lightning.lightning_package import pl
+
+    cfg = replace_data_root(panoptic_config(), _copy_without(panoptic_root, tmp_path, remove, empty))
+    module = MMDetModule(cfg)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, default_root_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=message) as raised:
+        trainer.fit(module, datamodule=MMDetDataModule(cfg))
+    assert "Hint: a panoptic dataset (CocoPanopticDataset) needs its COCO panoptic PNGs" in str(raised.value)
+    assert "--panoptic" in str(raised.value)
+    assert trainer.global_step == 0
+
+
+def test_a_panoptic_dataset_without_a_png_folder_or_evaluator_folder_is_named(panoptic_config: Any,
+                                                                               tmp_path: Path) -> None:
+    from mmdet_lightning import MMDetDataModule
+
+    cfg = panoptic_config()
+    del cfg.train_dataloader.dataset.data_prefix["seg"]
+    with pytest.raises(ValueError, match=r"train_dataloader: the panoptic dataset CocoPanopticDataset has no "
+                                         r"`data_prefix.seg`.*\nHint: "):
+        MMDetDataModule(cfg).setup("fit")
+    cfg = panoptic_config()
+    cfg.val_evaluator.seg_prefix = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"val_evaluator: the folder of the panoptic PNGs '.*nowhere' "
+                                                r"\(seg_prefix of CocoPanopticMetric\) does not exist"):
+        MMDetDataModule(cfg).setup("validate")
+
+
+def test_the_detection_data_under_the_panoptic_config_names_the_panoptic_mode(panoptic_config: Any,
+                                                                              shapes_root: Path) -> None:
+    from mmdet_lightning import MMDetDataModule
+    from mmdet_lightning.config import replace_data_root
+
+    cfg = replace_data_root(panoptic_config(), shapes_root)  # the instance annotations only
+    with pytest.raises(FileNotFoundError, match=r"panoptic_train.json' does not exist.*\n.*--panoptic"):
+        MMDetDataModule(cfg).setup("fit")

@@ -9,7 +9,8 @@ semi-supervised or grounding detection) is one module of :mod:`mmdet_lightning.t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -106,4 +107,15 @@ class Task:
 
     def metrics_without_detections(self, evaluator: Evaluator) -> dict[str, float]:
         """What an evaluation logs when no image has a prediction (the metrics return nothing then)."""
+        return {}
+
+    @contextlib.contextmanager
+    def recording_evaluation(self, evaluator: Evaluator) -> Iterator[dict[str, Any]]:
+        """Around ``evaluator.evaluate``: what the task keeps of the evaluation beyond its scalars (for the W&B
+        analytics), filled in by the end of the block (``MMDetModule.last_eval_details``). Nothing by default
+        (detection's ``COCOeval`` objects are kept by :func:`~mmdet_lightning.evaluation.record_coco_evals`)."""
+        yield {}
+
+    def analytics_tables(self, details: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        """W&B tables made from :meth:`recording_evaluation`'s ``details``, by key (``<prefix>/...``)."""
         return {}

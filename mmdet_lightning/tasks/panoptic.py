@@ -5,7 +5,8 @@ not installed)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -14,6 +15,8 @@ import torch
 from .detection import DetectionTask
 
 if TYPE_CHECKING:
+    from mmengine.evaluator import Evaluator
+
     from ..wandb.media import Instances
 
 __all__ = ["PanopticTask", "is_panoptic_model", "panoptic_instances"]
@@ -198,3 +201,43 @@ class PanopticTask(DetectionTask):
             )
         if things is not None:
             self.things_and_stuff = next(iter(splits))
+
+    # ------------------------------------------------------------------ evaluation
+    @contextlib.contextmanager
+    def recording_evaluation(self, evaluator: Evaluator) -> Iterator[dict[str, Any]]:
+        """Keep what ``CocoPanopticMetric`` computes besides its scalars: ``pq_results`` (All / Things / Stuff, and
+        ``classwise``: PQ, SQ, RQ by category id, whether or not the metric has ``classwise=True``) and the
+        ``categories`` (id -> name, ``isthing``) they refer to. Read where mmdet hands them to its table printer."""
+        from mmdet.evaluation.metrics import CocoPanopticMetric
+        from mmdet.evaluation.metrics import coco_panoptic_metric as module
+
+        details: dict[str, Any] = {}
+        printer = module.print_panoptic_table
+
+        def record(pq_results: dict, classwise_results: dict | None = None, logger: Any = None) -> None:
+            details["pq_results"] = pq_results
+            printer(pq_results, classwise_results, logger=logger)
+
+        module.print_panoptic_table = record
+        try:
+            yield details
+        finally:
+            module.print_panoptic_table = printer
+        metric = next((m for m in evaluator.metrics if isinstance(m, CocoPanopticMetric)), None)
+        if "pq_results" in details and metric is not None:
+            details["categories"] = dict(getattr(metric, "categories", None) or {})
+
+    def analytics_tables(self, details: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        """``<prefix>/per_class_pq``: one row a class (things, then stuff), ``class``, ``kind``, ``PQ``, ``SQ``,
+        ``RQ`` (percent, as ``coco_panoptic/PQ``; 0 for a class without any segment, as panopticapi has it)."""
+        import wandb
+
+        results, categories = details.get("pq_results"), details.get("categories")
+        if not results or not categories:
+            return {}
+        table = wandb.Table(columns=["class", "kind", "PQ", "SQ", "RQ"])
+        for cat_id, stats in results["classwise"].items():
+            category = categories.get(cat_id, {})
+            table.add_data(str(category.get("name", cat_id)), "thing" if category.get("isthing") else "stuff",
+                           *(100 * float(stats[k]) for k in ("pq", "sq", "rq")))
+        return {f"{prefix}/per_class_pq": table}
