@@ -250,3 +250,123 @@ def test_the_detection_data_under_the_panoptic_config_names_the_panoptic_mode(pa
     cfg = replace_data_root(panoptic_config(), shapes_root)  # the instance annotations only
     with pytest.raises(FileNotFoundError, match=r"panoptic_train.json' does not exist.*\n.*--panoptic"):
         MMDetDataModule(cfg).setup("fit")
+
+
+# ---------------------------------------------------------------------------------------------------- training
+@pytest.mark.slow
+def test_trainer_matches_mmengine_runner_on_the_panoptic_config(panoptic_config: Any, tmp_path: Path) -> None:
+    """The same panoptic config, data and seed under mmengine's Runner and pl.Trainer: the same learning rate at every
+    iteration, the same losses, the same PQ / SQ / RQ (all, things, stuff)."""
+    from mmengine.runner import Runner
+
+    from mmdet_lightning import MMDetDataModule, MMDetModule
+    from mmdet_lightning.lightning_package import pl
+
+    from .test_runner_equivalence import RunnerRecorder, TrainerRecorder
+
+    epochs, warmup = 3, 5  # 16 images in batches of 4: 4 iterations an epoch
+    cfg = panoptic_config(max_epochs=epochs, batch_size=4)
+    cfg.train_cfg.val_interval = epochs
+    cfg.param_scheduler = [
+        dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=warmup),
+        dict(type="MultiStepLR", by_epoch=True, begin=0, end=epochs, milestones=[2], gamma=0.1),
+    ]
+    cfg.work_dir = str(tmp_path / "runner")
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=-1)
+    cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
+
+    install_panopticapi()
+    runner = Runner.from_cfg(cfg.copy())
+    runner_rec = RunnerRecorder()
+    runner.register_hook(runner_rec, priority="VERY_LOW")
+    runner.train()
+    keys = [f"coco_panoptic/{k}{s}" for s in ("", "_th", "_st") for k in ("PQ", "SQ", "RQ")]
+    runner_pq = {k: runner.message_hub.get_scalar(f"val/{k}").current() for k in keys}
+
+    pl.seed_everything(cfg.randomness.seed)
+    module = MMDetModule.from_config(cfg)
+    trainer_rec = TrainerRecorder()
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, num_sanity_val_steps=0, check_val_every_n_epoch=epochs,
+                         callbacks=[trainer_rec], default_root_dir=str(tmp_path / "lightning"))
+    trainer.fit(module, datamodule=MMDetDataModule.from_config(cfg))
+
+    iters = len(runner_rec.lrs)
+    assert iters == 12 and trainer_rec.lrs == runner_rec.lrs  # exactly equal, every iteration
+    lrs = [lr[0] for lr in runner_rec.lrs]
+    assert lrs[0] < lrs[warmup] and lrs[-1] < lrs[warmup]  # warm-up and the step happened
+    assert [sorted(d) for d in trainer_rec.losses] == [sorted(d) for d in runner_rec.losses]
+    assert {"loss_seg", "loss_mask", "loss_cls", "loss_rpn_cls"} <= set(runner_rec.losses[0])
+    for step, (ours, theirs) in enumerate(zip(trainer_rec.losses, runner_rec.losses, strict=True)):
+        for key in theirs:
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), f"iteration {step}: {key}"
+    ours_pq = {k: float(trainer.callback_metrics[k]) for k in keys}
+    assert runner_pq["coco_panoptic/PQ_st"] > 0  # the stuff is found: the comparison means something
+    assert ours_pq == pytest.approx(runner_pq, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_wandb_run_shows_segments_and_per_class_pq(panoptic_config: Any, tmp_path: Path) -> None:
+    """An offline W&B run of the panoptic config, read back from its transaction log: ``val_data`` and ``eval_data``
+    with the segments as mask layers of their classes (things and stuff), ``eval/per_class_pq``, the model
+    artifact."""
+    from mmdet_lightning import MMDetDataModule, MMDetModule
+    from mmdet_lightning.callbacks import MMDetWandbCallback
+    from mmdet_lightning.lightning_package import pl
+    from mmdet_lightning.wandb.records import artifacts, find_run_file, history, logged_table, read_records
+
+    cfg = panoptic_config(max_epochs=2, batch_size=4)
+    logger = pl.loggers.WandbLogger(offline=True, save_dir=str(tmp_path), project="mmdet-lightning-tests")
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1,
+                                              monitor="coco_panoptic/PQ", mode="max")
+    callback = MMDetWandbCallback(interval=2, log_checkpoint=True, num_eval_images=3)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=logger, callbacks=[checkpoint, callback],
+                         enable_progress_bar=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    pl.seed_everything(0)
+    module = MMDetModule(cfg)
+    trainer.fit(module, datamodule=MMDetDataModule(cfg))
+    logger.experiment.finish()
+    run_file = find_run_file(tmp_path)
+    records = read_records(run_file)
+    logged = artifacts(records)
+
+    def table(name_suffix: str, table_name: str) -> dict[str, Any]:
+        artifact = [a for a in logged if a.name.endswith(name_suffix)][-1]
+        entry = next(e for e in artifact.manifest.contents if e.path == f"{table_name}.table.json")
+        return json.loads(Path(entry.local_path).read_text())
+
+    def layers(image: dict[str, Any], key: str) -> set[str]:
+        return {name[len(key) + 1:] for name in image.get("masks") or {}}
+
+    val = table("val", "val_data")
+    assert val["columns"] == ["image_name", "image"] and len(val["data"]) == 3
+    for _, image in val["data"]:
+        assert {"background", "floor"} <= layers(image, "ground_truth")  # the stuff of every image
+        boxes = image["boxes"]["ground_truth"]
+        assert boxes and all(box["class_id"] <= len(CLASSES) for box in boxes)  # boxes around things only
+    assert set().union(*(layers(image, "ground_truth") for _, image in val["data"])) & set(CLASSES)
+    names = {name for _, image in val["data"] for name in image["masks"]}
+    assert all(name.startswith("ground_truth_") for name in names)
+    val_artifact = next(a for a in logged if a.name == "val")
+    files = {e.path: e.local_path for e in val_artifact.manifest.contents}
+    for _, image in val["data"]:  # each layer's pixels: its class id (W&B's 1-based label) on its segments
+        for name, mask in image["masks"].items():
+            label = ALL_CLASSES.index(name[len("ground_truth_"):]) + 1
+            pixels = np.asarray(Image.open(files[mask["path"]]))
+            assert set(np.unique(pixels).tolist()) == {0, label} or (pixels == label).all(), name
+
+    pred = table("_pred", "eval_data")
+    assert pred["columns"][:3] == ["image_name", "ground_truth", "prediction"] and len(pred["data"]) == 3
+    assert any(layers(row[2], "predictions") & set(STUFF_CLASSES) for row in pred["data"]), "predicted stuff masks"
+
+    rows = [row for row in history(records) if "eval/per_class_pq/path" in row]
+    assert len(rows) == 2  # one a validation
+    per_class = logged_table(run_file, rows[-1], "eval/per_class_pq")
+    assert per_class["columns"] == ["class", "kind", "PQ", "SQ", "RQ"]
+    assert [(r[0], r[1]) for r in per_class["data"]] == [(n, "thing") for n in CLASSES] + [
+        (n, "stuff") for n in STUFF_CLASSES]
+    stuff_pq = [r[2] for r in per_class["data"][len(CLASSES):]]  # both stuff classes are in every image
+    assert sum(stuff_pq) / 2 == pytest.approx(float(trainer.callback_metrics["coco_panoptic/PQ_st"]), abs=1e-4)
+    assert any("coco_panoptic/PQ" in row for row in history(records))
+    models = [a for a in logged if a.type == "model"]
+    assert models and any("epoch_2" in a.aliases for a in models)
