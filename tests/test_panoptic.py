@@ -264,12 +264,12 @@ def test_trainer_matches_mmengine_runner_on_the_panoptic_config(panoptic_config:
 
     from .test_runner_equivalence import RunnerRecorder, TrainerRecorder
 
-    epochs, warmup = 3, 5  # 16 images in batches of 4: 4 iterations an epoch
+    epochs, warmup = 2, 3  # 16 images in batches of 4: 4 iterations an epoch
     cfg = panoptic_config(max_epochs=epochs, batch_size=4)
     cfg.train_cfg.val_interval = epochs
     cfg.param_scheduler = [
         dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=warmup),
-        dict(type="MultiStepLR", by_epoch=True, begin=0, end=epochs, milestones=[2], gamma=0.1),
+        dict(type="MultiStepLR", by_epoch=True, begin=0, end=epochs, milestones=[1], gamma=0.1),
     ]
     cfg.work_dir = str(tmp_path / "runner")
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=-1)
@@ -292,7 +292,7 @@ def test_trainer_matches_mmengine_runner_on_the_panoptic_config(panoptic_config:
     trainer.fit(module, datamodule=MMDetDataModule.from_config(cfg))
 
     iters = len(runner_rec.lrs)
-    assert iters == 12 and trainer_rec.lrs == runner_rec.lrs  # exactly equal, every iteration
+    assert iters == 8 and trainer_rec.lrs == runner_rec.lrs  # exactly equal, every iteration
     lrs = [lr[0] for lr in runner_rec.lrs]
     assert lrs[0] < lrs[warmup] and lrs[-1] < lrs[warmup]  # warm-up and the step happened
     assert [sorted(d) for d in trainer_rec.losses] == [sorted(d) for d in runner_rec.losses]
@@ -300,9 +300,9 @@ def test_trainer_matches_mmengine_runner_on_the_panoptic_config(panoptic_config:
     for step, (ours, theirs) in enumerate(zip(trainer_rec.losses, runner_rec.losses, strict=True)):
         for key in theirs:
             assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), f"iteration {step}: {key}"
-    ours_pq = {k: float(trainer.callback_metrics[k]) for k in keys}
+    ours_pq = {k: module.last_eval_metrics[k] for k in keys}  # float64, as the Runner's message hub has them
     assert runner_pq["coco_panoptic/PQ_st"] > 0  # the stuff is found: the comparison means something
-    assert ours_pq == pytest.approx(runner_pq, abs=1e-3)
+    assert ours_pq == pytest.approx(runner_pq, abs=1e-9)
 
 
 @pytest.mark.slow
