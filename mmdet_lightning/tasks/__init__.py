@@ -9,10 +9,10 @@ Example::
     DetectionTask()
     >>> task_for_model({"type": "PanopticFPN"})
     PanopticTask()
-    >>> task_for_model({"type": "SoftTeacher"})
+    >>> task_for_model({"type": "MaskTrackRCNN"})
     Traceback (most recent call last):
     ...
-    ValueError: The config's model `SoftTeacher` is a semi-supervised detection model; ...
+    ValueError: The config's model `MaskTrackRCNN` is a video instance segmentation model; ...
 """
 
 from __future__ import annotations

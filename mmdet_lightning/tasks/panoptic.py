@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from .detection import DetectionTask
+from .detection import DetectionTask, other_task
 
 if TYPE_CHECKING:
     from mmengine.evaluator import Evaluator
@@ -21,29 +21,19 @@ if TYPE_CHECKING:
 
 __all__ = ["PanopticTask", "is_panoptic_model", "panoptic_instances"]
 
-#: model types that are panoptic segmentors whatever their ``test_cfg``
-_PANOPTIC_MODELS = ("PanopticFPN", "TwoStagePanopticSegmentor")
-#: model types that are panoptic with ``panoptic_on`` (the default of their fusion head) and a ``panoptic_head``
-_MASKFORMER_MODELS = ("MaskFormer", "Mask2Former")
-
-
 def is_panoptic_model(model_cfg: Mapping[str, Any]) -> bool:
     """Whether ``model_cfg`` (a config's ``model``) is a panoptic segmentor: PanopticFPN, or a MaskFormer /
-    Mask2Former whose ``test_cfg.panoptic_on`` is not False.
+    Mask2Former (or a model with a ``panoptic_head``) whose ``test_cfg.panoptic_on`` is not False; not a video one.
 
     Example::
         >>> is_panoptic_model({"type": "PanopticFPN"}), is_panoptic_model({"type": "FasterRCNN"})
         (True, False)
         >>> is_panoptic_model({"type": "Mask2Former", "panoptic_head": {}, "test_cfg": {"panoptic_on": False}})
         False
+        >>> is_panoptic_model({"type": "Mask2FormerVideo", "panoptic_head": {}})
+        False
     """
-    model_type = str(model_cfg.get("type", "")).split(".")[-1]
-    if model_type in _PANOPTIC_MODELS:
-        return True
-    test_cfg = model_cfg.get("test_cfg") or {}
-    if model_type in _MASKFORMER_MODELS or "panoptic_head" in model_cfg:
-        return test_cfg.get("panoptic_on", True) is not False
-    return False
+    return other_task(model_cfg) == "panoptic segmentation"
 
 
 def panoptic_instances(segment_ids: np.ndarray, labels_of: Mapping[int, int], things: int) -> Instances:
