@@ -133,6 +133,7 @@ class MMDetModule(pl.LightningModule):
                 self.cfg[key] = use_evaluator_backend(self.cfg[key], evaluator_backend)
         #: the mmdet detector (an mmengine ``BaseModel``)
         self.model: Any = build_detector(self.cfg)
+        self.task.setup_model(self.model)
         load_from = load_from if load_from is not None else self.cfg.get("load_from")
         self.load_report: LoadReport | None = None
         if load_from:

@@ -43,9 +43,8 @@ def test_class_check_counts_things_and_stuff(panoptic_config: Any) -> None:
     module = MMDetModule(panoptic_config())
     assert module.num_classes() == {"model": 5, "semantic_head": 5, "panoptic_fusion_head": 5}
     task = module.task
-    assert isinstance(task, PanopticTask) and task.things_and_stuff is None
+    assert isinstance(task, PanopticTask) and task.things_and_stuff == (3, 2)  # read from the built model
     task.check_classes(module.model, ALL_CLASSES, "train")
-    assert task.things_and_stuff == (3, 2)
     with pytest.raises(ValueError, match=r"has 4 classes .*num_things_classes=3, num_stuff_classes=2.*\nHint: set "
                                          r"num_things_classes and num_stuff_classes"):
         task.check_classes(module.model, ALL_CLASSES[:4], "val")
@@ -370,3 +369,87 @@ def test_wandb_run_shows_segments_and_per_class_pq(panoptic_config: Any, tmp_pat
     assert any("coco_panoptic/PQ" in row for row in history(records))
     models = [a for a in logged if a.type == "model"]
     assert models and any("epoch_2" in a.aliases for a in models)
+
+
+def _shrunk(node: Any) -> None:
+    """A transformer head at a width and depth that trains in seconds on a CPU (in place)."""
+    small = {"embed_dims": 32, "feat_channels": 32, "out_channels": 32, "feedforward_channels": 64, "num_heads": 4,
+             "num_feats": 16, "num_layers": 1, "num_queries": 8, "num_groups": 8, "num_points": 1024}
+    if isinstance(node, dict):
+        for key, value in list(node.items()):
+            if key in small and isinstance(value, int) and not isinstance(value, bool):
+                node[key] = small[key]
+            else:
+                _shrunk(value)
+    elif isinstance(node, list):
+        for child in node:
+            _shrunk(child)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["maskformer/maskformer_r50_ms-16xb1-75e_coco.py",
+                                    "mask2former/mask2former_r50_8xb2-lsj-50e_coco-panoptic.py"],
+                         ids=["maskformer", "mask2former"])
+def test_maskformer_families_train_on_the_panoptic_data(config: str, panoptic_config: Any, tmp_path: Path) -> None:
+    """mmdet's MaskFormer and Mask2Former panoptic configs (narrowed, on the synthetic panoptic data) train, are
+    evaluated with PQ and predict panoptic maps at the images' size under MMDetModule."""
+    from mmdet_lightning import MMDetDataModule, MMDetModule
+    from mmdet_lightning.lightning_package import pl
+
+    data = panoptic_config(batch_size=2)
+    cfg = load_config(mmdet_configs_dir() / config)
+    for key in ("data_root", "train_dataloader", "val_dataloader", "test_dataloader", "val_evaluator",
+                "test_evaluator"):
+        cfg[key] = data[key]
+    cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=1, val_interval=1)
+    cfg.param_scheduler = []
+    model = cfg.model
+    model.backbone = data.model.backbone  # the tiny ResNet-18, out channels 16 .. 128
+    for augment in model.data_preprocessor.get("batch_augments") or []:
+        augment["size"] = (64, 64)
+    model.train_cfg.pop("num_points", None)
+    _shrunk(model.panoptic_head)
+    _shrunk(model.train_cfg)
+    head = model.panoptic_head
+    head.in_channels = [16, 32, 64, 128]
+    head.update(num_things_classes=len(CLASSES), num_stuff_classes=len(STUFF_CLASSES))
+    head.loss_cls.class_weight = [1.0] * len(ALL_CLASSES) + [0.1]
+    model.panoptic_fusion_head.update(num_things_classes=len(CLASSES), num_stuff_classes=len(STUFF_CLASSES))
+
+    pl.seed_everything(0)
+    module = MMDetModule(cfg)
+    assert isinstance(module.task, PanopticTask)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
+                         default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=MMDetDataModule(cfg))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert np.isfinite(metrics["train/loss"]) and {"train/loss_cls", "train/loss_mask", "train/loss_dice"} <= set(
+        metrics)
+    assert 0.0 <= metrics["coco_panoptic/PQ"] <= 100.0 and "coco_panoptic/PQ_st" in metrics
+    predictions: Any = trainer.predict(module, datamodule=MMDetDataModule(cfg))
+    sample = predictions[0][0]
+    assert sample.pred_panoptic_seg.sem_seg.shape == (1, 64, 64)
+    assert module.task.predicted_instances(sample, 0.3) is not None
+
+
+def test_prediction_writer_draws_the_segments(panoptic_config: Any, tmp_path: Path) -> None:
+    from mmdet_lightning import MMDetDataModule, MMDetModule
+    from mmdet_lightning.callbacks import DetectionWriter
+    from mmdet_lightning.lightning_package import pl
+
+    cfg = panoptic_config()
+    pl.seed_everything(0)
+    module = MMDetModule(cfg)
+    writer = DetectionWriter(tmp_path / "out", score_thr=0.3)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, callbacks=[writer], enable_progress_bar=False,
+                         default_root_dir=str(tmp_path))
+    predictions: Any = trainer.predict(module, datamodule=MMDetDataModule(cfg))
+    samples = [sample for batch in predictions for sample in batch]
+    assert len(samples) == 6 and all(s.pred_panoptic_seg.sem_seg.shape == (1, 64, 64) for s in samples)
+    drawn = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert drawn == sorted(Path(s.img_path).name for s in samples)
+    source = np.asarray(Image.open(samples[0].img_path).convert("RGB"))
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "out" / drawn[0]).convert("RGB")), source)
+    results = json.loads((tmp_path / "out" / DetectionWriter.RESULTS_FILE).read_text())
+    assert all(r["category_id"] <= len(CLASSES) and r["score"] == 1.0 for r in results)  # things' boxes only

@@ -60,6 +60,9 @@ class Task:
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
+    def setup_model(self, model: torch.nn.Module) -> None:
+        """Read what the task needs of the built model (``MMDetModule`` calls it once the detector is built)."""
+
     # ------------------------------------------------------------------ training
     def losses(self, model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The total loss and every logged term of one batch, as mmengine's ``BaseModel.train_step`` computes

@@ -86,12 +86,18 @@ class PanopticTask(DetectionTask):
         from ..panoptic_quality import install_panopticapi
 
         install_panopticapi()  # LoadPanopticAnnotations and CocoPanopticMetric import panopticapi
-        #: the model's ``(num_things_classes, num_stuff_classes)``, once :meth:`check_classes` has read them
+        #: the model's ``(num_things_classes, num_stuff_classes)``, once :meth:`setup_model` has read them
         self.things_and_stuff: tuple[int, int] | None = None
 
     @classmethod
     def handles(cls, model_cfg: Mapping[str, Any]) -> bool:
         return is_panoptic_model(model_cfg)
+
+    def setup_model(self, model: torch.nn.Module) -> None:
+        """Keep the model's ``(num_things_classes, num_stuff_classes)`` where its panoptic heads agree on them."""
+        splits = set(self.panoptic_heads(model).values())
+        if len(splits) == 1:
+            self.things_and_stuff = next(iter(splits))
 
     # ------------------------------------------------------------------ predictions
     def predictions_to_float32(self, samples: Any) -> Any:
@@ -112,7 +118,7 @@ class PanopticTask(DetectionTask):
     def predicted_instances(self, sample: Any, score_thr: float) -> Instances | None:
         """The segments of ``pred_panoptic_seg`` (``label + instance * INSTANCE_OFFSET``; labels from the class count
         on are void), each a mask with its class; boxes for things. ``score_thr`` does not apply (segments have no
-        score). The class counts are the model's, read by :meth:`check_classes` before any evaluation."""
+        score). The class counts are the model's (:meth:`setup_model`)."""
         from mmdet.evaluation.functional import INSTANCE_OFFSET
 
         pred = getattr(sample, "pred_panoptic_seg", None)
