@@ -415,13 +415,14 @@ def test_maskformer_families_train_on_the_panoptic_data(config: str, panoptic_co
     head.update(num_things_classes=len(CLASSES), num_stuff_classes=len(STUFF_CLASSES))
     head.loss_cls.class_weight = [1.0] * len(ALL_CLASSES) + [0.1]
     model.panoptic_fusion_head.update(num_things_classes=len(CLASSES), num_stuff_classes=len(STUFF_CLASSES))
+    model.test_cfg.max_per_image = 10  # the instances of instance_on: at most queries x classes
 
     pl.seed_everything(0)
     module = MMDetModule(cfg)
     assert isinstance(module.task, PanopticTask)
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
-                         default_root_dir=str(tmp_path))
+                         log_every_n_steps=1, default_root_dir=str(tmp_path))
     trainer.fit(module, datamodule=MMDetDataModule(cfg))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     assert np.isfinite(metrics["train/loss"]) and {"train/loss_cls", "train/loss_mask", "train/loss_dice"} <= set(
