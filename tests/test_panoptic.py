@@ -454,3 +454,31 @@ def test_prediction_writer_draws_the_segments(panoptic_config: Any, tmp_path: Pa
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "out" / drawn[0]).convert("RGB")), source)
     results = json.loads((tmp_path / "out" / DetectionWriter.RESULTS_FILE).read_text())
     assert all(r["category_id"] <= len(CLASSES) and r["score"] == 1.0 for r in results)  # things' boxes only
+
+
+@pytest.mark.slow
+def test_shipped_panoptic_yaml(panoptic_root: Path, tmp_path: Path) -> None:
+    """``mmdet-lightning fit --config configs/lightning/shapes_panoptic_fpn.yaml`` (``offline: true``), one short
+    epoch, as a user runs it: the PQ metrics, the tables, the per-class PQ table and the checkpoints that monitor PQ."""
+    import yaml
+
+    from mmdet_lightning.wandb.records import artifacts, find_run_file, history, read_records
+
+    from .helpers.user_env import REPO, explain, run_as_user
+
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    yaml_config = REPO / "configs" / "lightning" / "shapes_panoptic_fpn.yaml"
+    done = run_as_user(["mmdet-lightning", "fit", "--config", str(yaml_config.relative_to(REPO)),
+                        "--model.data_root", str(panoptic_root), "--trainer.max_epochs", "1",
+                        "--trainer.limit_train_batches", "2"], cwd=tmp_path)
+    assert done.returncode == 0, explain(done)
+    run_folder = tmp_path / yaml.safe_load(yaml_config.read_text())["trainer"]["default_root_dir"]
+    assert list((run_folder / "checkpoints").glob("epoch=0*.ckpt")), "ModelCheckpoint(monitor='coco_panoptic/PQ')"
+    records = read_records(find_run_file(run_folder))
+    rows = history(records)
+    assert any("coco_panoptic/PQ" in row and "coco_panoptic/PQ_st" in row for row in rows)
+    assert any("eval/per_class_pq/path" in row for row in rows)
+    logged = artifacts(records)
+    assert [a for a in logged if a.type == "model"] and [a for a in logged if a.name == "val"]
+    assert [a for a in logged if a.type == "evaluation"]
+    assert "coco_panoptic/PQ" in done.stdout + done.stderr  # the metrics table after the validation
