@@ -482,3 +482,38 @@ def test_shipped_panoptic_yaml(panoptic_root: Path, tmp_path: Path) -> None:
     assert [a for a in logged if a.type == "model"] and [a for a in logged if a.name == "val"]
     assert [a for a in logged if a.type == "evaluation"]
     assert "coco_panoptic/PQ" in done.stdout + done.stderr  # the metrics table after the validation
+
+
+@pytest.mark.slow
+def test_two_processes_count_every_image_once(tmp_path: Path) -> None:
+    """DDP (2 processes, gloo) on 5 validation images, so that the sampler pads one: the PQ / SQ / RQ of the two
+    processes equal one process's validation of the same weights, and one W&B run has one table of each."""
+    from mmdet_lightning import MMDetDataModule, MMDetModule
+    from mmdet_lightning.config import replace_data_root
+    from mmdet_lightning.lightning_package import pl
+    from mmdet_lightning.wandb.records import artifacts, find_run_file, history, read_records
+
+    from .conftest import CONFIGS
+    from .helpers.user_env import run_as_user
+
+    root = make_shapes_dataset(tmp_path / "data", ShapesConfig(num_train=8, num_val=5, width=64, height=64,
+                                                                seed=1, panoptic=True))
+    out = tmp_path / "ddp"
+    out.mkdir()
+    helper = Path(__file__).parent / "helpers" / "ddp_panoptic.py"
+    done = run_as_user(["python", str(helper), str(out), str(root), "2"], cwd=out, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = json.loads((out / "metrics.json").read_text())
+
+    cfg = replace_data_root(load_config(CONFIGS / "shapes_panoptic_fpn.py"), root)
+    module = MMDetModule(cfg, load_from=str(out / "ckpt" / "last.ckpt"))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    trainer.validate(module, datamodule=MMDetDataModule(cfg))
+    single = module.last_eval_metrics
+    assert single["coco_panoptic/PQ_st"] > 0
+    assert {k: v for k, v in ddp.items() if k.startswith("coco_panoptic/")} == pytest.approx(single, abs=1e-6)
+
+    records = read_records(find_run_file(out))  # exactly one W&B run
+    logged = artifacts(records)
+    assert len([a for a in logged if a.name == "val"]) == 1 and len([a for a in logged if a.type == "evaluation"]) == 1
+    assert len([row for row in history(records) if "eval/per_class_pq/path" in row]) == 1
