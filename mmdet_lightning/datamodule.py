@@ -105,6 +105,9 @@ class MMDetDataModule(pl.LightningDataModule):
         for key in needed + optional:
             for dataset_cfg in leaf_dataset_cfgs((self.cfg.get(key) or {}).get("dataset", {})):
                 _check_dataset_paths(key, dataset_cfg)
+            evaluator_key = key.replace("_dataloader", "_evaluator")
+            if key != "train_dataloader" and stage != "predict":
+                _check_evaluator_paths(self.cfg, evaluator_key if self.cfg.get(evaluator_key) else "val_evaluator")
         trainer = self.trainer
         if stage == "fit" and self.global_batch_size is not None:
             self._split_global_batch(self.global_batch_size, trainer.world_size if trainer is not None else 1)
@@ -242,6 +245,8 @@ def _check_dataset_paths(loader_key: str, cfg: Mapping[str, Any]) -> None:
         "Hint: generate the synthetic dataset with `python -m mmdet_lightning.synthetic --out data/shapes`, "
         "or point the config's `data_root` at your data (mmdet_lightning.config.replace_data_root)."
     )
+    if "panoptic" in str(cfg.get("type", "")).lower():
+        hint = _PANOPTIC_HINT
     ann_file = cfg.get("ann_file")
     if ann_file:
         path = _resolve(data_root, ann_file)
@@ -260,3 +265,44 @@ def _check_dataset_paths(loader_key: str, cfg: Mapping[str, Any]) -> None:
                 f"{loader_key}: image folder {str(path)!r} does not exist "
                 f"(data_root={data_root!r}, data_prefix.img={img_dir!r}).\n{hint}"
             )
+    _check_panoptic_maps(loader_key, cfg, data_root)
+
+
+_PANOPTIC_HINT = (
+    "Hint: a panoptic dataset (CocoPanopticDataset) needs its COCO panoptic PNGs (one per image, segment ids as "
+    "RGB) in the folder `data_prefix.seg` names, beside the panoptic JSON: `python -m mmdet_lightning.synthetic "
+    "--out data/shapes_panoptic --panoptic` writes them for the synthetic data; for COCO, unzip "
+    "panoptic_annotations_trainval2017's panoptic_train2017.zip / panoptic_val2017.zip into annotations/."
+)
+
+
+def _check_panoptic_maps(loader_key: str, cfg: Mapping[str, Any], data_root: str) -> None:
+    """A panoptic dataset's PNG folder (``data_prefix.seg``) is named, exists and holds PNG files."""
+    if "panoptic" not in str(cfg.get("type", "")).lower():
+        return
+    seg_dir = (cfg.get("data_prefix") or {}).get("seg")
+    if not seg_dir:
+        prefix = dict(cfg.get("data_prefix") or {})
+        raise ValueError(f"{loader_key}: the panoptic dataset {cfg.get('type')} has no `data_prefix.seg`, the folder "
+                         f"of its panoptic PNGs (data_prefix={prefix!r}).\n{_PANOPTIC_HINT}")
+    path = _resolve(data_root, seg_dir)
+    if path is None:
+        return
+    if not path.is_dir():
+        raise FileNotFoundError(f"{loader_key}: the folder of the panoptic PNGs {str(path)!r} does not exist "
+                                f"(data_root={data_root!r}, data_prefix.seg={seg_dir!r}).\n{_PANOPTIC_HINT}")
+    if next(path.glob("*.png"), None) is None:
+        raise FileNotFoundError(f"{loader_key}: the folder of the panoptic PNGs {str(path)!r} holds no PNG file "
+                                f"(data_root={data_root!r}, data_prefix.seg={seg_dir!r}).\n{_PANOPTIC_HINT}")
+
+
+def _check_evaluator_paths(cfg: Mapping[str, Any], key: str) -> None:
+    """The PNG folder of a ``CocoPanopticMetric`` (``seg_prefix``) exists, so that a missing one stops before
+    training rather than at the first validation."""
+    evaluators = cfg.get(key) or []
+    for evaluator in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
+        seg_prefix = evaluator.get("seg_prefix") if isinstance(evaluator, Mapping) else None
+        path = _resolve("", seg_prefix) if seg_prefix else None
+        if path is not None and not path.is_dir():
+            raise FileNotFoundError(f"{key}: the folder of the panoptic PNGs {str(path)!r} (seg_prefix of "
+                                    f"{evaluator.get('type')}) does not exist.\n{_PANOPTIC_HINT}")

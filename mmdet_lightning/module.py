@@ -133,6 +133,7 @@ class MMDetModule(pl.LightningModule):
                 self.cfg[key] = use_evaluator_backend(self.cfg[key], evaluator_backend)
         #: the mmdet detector (an mmengine ``BaseModel``)
         self.model: Any = build_detector(self.cfg)
+        self.task.setup_model(self.model)
         load_from = load_from if load_from is not None else self.cfg.get("load_from")
         self.load_report: LoadReport | None = None
         if load_from:
@@ -175,6 +176,12 @@ class MMDetModule(pl.LightningModule):
         """The accumulated ``COCOeval`` of the latest validation (or test) by IoU type (``"bbox"``, ``"segm"``), on
         the process that evaluated (rank 0); empty elsewhere and for evaluators without a ``CocoMetric``."""
         return self.evaluation.last_coco_eval
+
+    @property
+    def last_eval_details(self) -> dict[str, Any]:
+        """What the task kept of the latest validation (or test) beyond its scalars, on the process that evaluated
+        (rank 0): panoptic segmentation's per-class PQ / SQ / RQ (``Task.recording_evaluation``)."""
+        return self.evaluation.last_details
 
     def num_classes(self) -> dict[str, int]:
         """``num_classes`` of every class-predicting head (RPN heads excluded), by module name."""

@@ -80,3 +80,24 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, shapes_root: Pa
     path = out / "faster_rcnn_shapes.pth"
     torch.save({"state_dict": module.model.state_dict(), "meta": {"dataset_meta": {"classes": CLASSES}}}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def panoptic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic dataset's panoptic mode: 16 training and 6 validation images of 64x64 pixels, made once."""
+    config = ShapesConfig(num_train=16, num_val=6, width=64, height=64, seed=0, panoptic=True)
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes_panoptic"), config)
+
+
+@pytest.fixture(scope="session")
+def panoptic_config(panoptic_root: Path) -> Callable[..., Any]:
+    """``panoptic_config(max_epochs=2)``: ``configs/mmdet/shapes_panoptic_fpn.py`` on the session's panoptic data."""
+
+    def make(name: str = "shapes_panoptic_fpn.py", max_epochs: int = 1, batch_size: int = 4) -> Any:
+        cfg = replace_data_root(load_config(CONFIGS / name), panoptic_root)
+        cfg.train_dataloader.batch_size = batch_size
+        cfg.val_dataloader.batch_size = batch_size
+        cfg.train_cfg.max_epochs = max_epochs
+        return cfg
+
+    return make

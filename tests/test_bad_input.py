@@ -36,8 +36,7 @@ def test_config_without_model(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "model, task",
     [
-        (dict(type="PanopticFPN"), "panoptic"),
-        (dict(type="Mask2Former", panoptic_head=dict(type="Mask2FormerHead")), "panoptic"),
+        (dict(type="MaskTrackRCNN", detector=dict(type="MaskRCNN")), "video instance segmentation"),
         (dict(type="ByteTrack", detector=dict(type="YOLOX"), tracker=dict(type="ByteTracker")), "tracking"),
         (dict(type="SoftTeacher", detector=dict(type="FasterRCNN")), "semi-supervised"),
     ],

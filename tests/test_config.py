@@ -83,10 +83,11 @@ def test_apply_cfg_options_unknown_keys_are_errors(key: str, message: str) -> No
     assert cfg.optim_wrapper.optimizer.lr == 0.02  # nothing applied
 
 
-def test_check_supported_task_keeps_mask2former_for_instances() -> None:
+def test_check_supported_task_takes_mask2former_for_instances_and_panoptic() -> None:
     check_supported_task({"type": "Mask2Former", "panoptic_head": {}, "test_cfg": {"panoptic_on": False}})
-    with pytest.raises(ValueError, match="panoptic segmentation"):
-        check_supported_task({"type": "Mask2Former", "panoptic_head": {}})
+    check_supported_task({"type": "Mask2Former", "panoptic_head": {}})  # panoptic segmentation: PanopticTask
+    with pytest.raises(ValueError, match="video instance segmentation"):
+        check_supported_task({"type": "Mask2FormerVideo", "panoptic_head": {}})
 
 
 # ---------------------------------------------------------------- data roots, classes, wrappers

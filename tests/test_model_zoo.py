@@ -57,9 +57,9 @@ def test_adaptation_points_at_the_dataset_and_drops_pretrained_weights(tiny_shap
 
 
 def test_task_we_do_not_cover_is_reported(tiny_shapes: Path, tmp_path: Path) -> None:
-    record = run_family("panoptic_fpn", tiny_shapes, tmp_path)
+    record = run_family("masktrack_rcnn", tiny_shapes, tmp_path)
     assert record["status"] == "not-covered"
-    assert "panoptic segmentation model" in record["reason"]
+    assert "video instance segmentation model" in record["reason"]
 
 
 @pytest.mark.slow

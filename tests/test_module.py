@@ -28,8 +28,8 @@ def test_bad_arguments_fail_at_construction(shapes_config: Any) -> None:
     bad["model"]["type"] = "NoSuchDetector"
     with pytest.raises(ValueError, match="Could not build the config's model `NoSuchDetector`"):
         MMDetModule(bad)
-    with pytest.raises(ValueError, match="is a panoptic segmentation model"):
-        MMDetModule(dict(bad, model=dict(type="PanopticFPN")))
+    with pytest.raises(ValueError, match="is a video instance segmentation model"):
+        MMDetModule(dict(bad, model=dict(type="MaskTrackRCNN")))
 
 
 def test_the_preprocessor_follows_the_module_device(shapes_config: Any) -> None:

@@ -15,11 +15,9 @@ from mmdet_lightning.tasks import TASKS, DetectionTask, Task, is_proposal_head, 
 
 
 @pytest.mark.parametrize("model_cfg, task", [
-    ({"type": "PanopticFPN"}, "panoptic segmentation"),
     ({"type": "SoftTeacher"}, "semi-supervised detection"),
     ({"type": "GroundingDINO"}, "grounding (open-vocabulary) detection"),
     ({"type": "MaskTrackRCNN"}, "video instance segmentation"),
-    ({"type": "MyDetector", "panoptic_head": {}}, "panoptic segmentation"),
     ({"type": "MyDetector", "tracker": {}}, "tracking"),
 ])
 def test_models_of_other_tasks_are_refused_with_the_task(model_cfg: dict, task: str) -> None:

@@ -27,7 +27,9 @@ class DetectionWriter(BasePredictionWriter):
     ``pycocotools.COCO.loadRes``) and one PNG per image with its predicted boxes (and masks) drawn.
 
     Category ids are the dataset's (``cat_ids`` of mmdet's ``CocoDataset``), else ``label + 1``; image ids
-    are the samples' ``img_id``. Boxes with a score above ``score_thr`` are drawn; all go into the JSON.
+    are the samples' ``img_id``. Panoptic segmentation: the PNGs show every segment as a mask of its class colour
+    and boxes around the things; the JSON holds the things' boxes with score 1.0 (segments have no score).
+    Boxes with a score above ``score_thr`` are drawn; all go into the JSON.
     Under DDP every process draws its own images and rank 0 writes the JSON of all of them, each image
     once (the samplers' padding repeats a few).
 
@@ -66,11 +68,9 @@ class DetectionWriter(BasePredictionWriter):
             everything = self._task.predicted_instances(sample, -1.0)
             if everything is None:
                 continue
-            assert everything.scores is not None  # predictions always have scores
             image_id = sample.metainfo.get("img_id")
             results = self._results.setdefault(image_id, [])
-            for box, label, score in zip(everything.boxes.tolist(), everything.labels.tolist(),
-                                         everything.scores.tolist(), strict=True):
+            for box, label, score in _boxed(everything):
                 category = self._cat_ids[label] if label < len(self._cat_ids) else label + 1
                 results.append({"image_id": image_id, "category_id": int(category), "score": float(score),
                                      "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
@@ -93,12 +93,11 @@ class DetectionWriter(BasePredictionWriter):
                 pixels[mask] = (0.5 * pixels[mask] + 0.5 * colour).astype(np.uint8)
             image = Image.fromarray(pixels)
         draw = ImageDraw.Draw(image)
-        assert shown.scores is not None  # predictions always have scores
-        for box, label, score in zip(shown.boxes.tolist(), shown.labels.tolist(), shown.scores.tolist(), strict=True):
-            colour = _COLOURS[label % len(_COLOURS)]
+        for box, label, score in _boxed(shown):
+            outline = _COLOURS[label % len(_COLOURS)]
             name = self._classes[label] if label < len(self._classes) else str(label)
-            draw.rectangle(box, outline=colour, width=2)
-            draw.text((box[0] + 2, box[1] + 1), f"{name} {score:.2f}", fill=colour)
+            draw.rectangle(box, outline=outline, width=2)
+            draw.text((box[0] + 2, box[1] + 1), name if shown.scores is None else f"{name} {score:.2f}", fill=outline)
         image.save(self.output_dir / f"{path.stem}.png")
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -109,3 +108,13 @@ class DetectionWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             everything = [result for results in merged.values() for result in results]
             (self.output_dir / self.RESULTS_FILE).write_text(json.dumps(everything))
+
+
+def _boxed(instances: Any) -> list[tuple[list[float], int, float]]:
+    """(box, label, score) of the instances whose box is shown (``Instances.boxed``: panoptic things, not stuff);
+    score 1.0 where the task's instances have none (panoptic segments)."""
+    count = len(instances.labels)
+    scores = instances.scores.tolist() if instances.scores is not None else [1.0] * count
+    boxed = instances.boxed.tolist() if instances.boxed is not None else [True] * count
+    return [(box, label, score) for box, label, score, keep in zip(
+        instances.boxes.tolist(), instances.labels.tolist(), scores, boxed, strict=True) if keep]

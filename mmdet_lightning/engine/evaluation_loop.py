@@ -50,6 +50,9 @@ class StageEvaluation:
         #: the accumulated ``COCOeval`` of the latest evaluation by IoU type (``"bbox"``, ``"segm"``), on the process
         #: that evaluated (rank 0); empty elsewhere and for evaluators without a ``CocoMetric``
         self.last_coco_eval: dict[str, Any] = {}
+        #: what the task kept of the latest evaluation beyond its scalars (``Task.recording_evaluation``: panoptic
+        #: segmentation's per-class PQ / SQ / RQ), on the process that evaluated
+        self.last_details: dict[str, Any] = {}
 
     def evaluator(self, stage: str) -> Evaluator:
         if stage not in self._evaluators:
@@ -90,8 +93,10 @@ class StageEvaluation:
     def finish(self, stage: str, dataloader: Any, is_global_zero: bool) -> dict[str, float]:
         """Evaluate (collective under DDP: every rank calls it); the scalar results."""
         evaluator = self.evaluator(stage)
-        with library_output(), record_coco_evals() as coco_evals:  # pycocotools' blocks: to mmdet.log
+        with library_output(), record_coco_evals() as coco_evals, \
+                self.task.recording_evaluation(evaluator) as details:  # pycocotools' blocks: to mmdet.log
             metrics = evaluator.evaluate(len(first_dataset(dataloader)))
+        self.last_details = details
         self.last_coco_eval = self._coco_evals_by_type(stage, coco_evals, is_global_zero)
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) or (
             isinstance(v, torch.Tensor) and v.numel() == 1)}

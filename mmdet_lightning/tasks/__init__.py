@@ -2,14 +2,17 @@
 
     base.py        Task: what differs by task (losses, predictions, class checks, metrics, W&B media)
     detection.py   DetectionTask: object detection and instance segmentation (``pred_instances``)
+    panoptic.py    PanopticTask: panoptic segmentation (``pred_panoptic_seg``: PanopticFPN, MaskFormer, Mask2Former)
 
 Example::
     >>> task_for_model({"type": "FasterRCNN"})
     DetectionTask()
     >>> task_for_model({"type": "PanopticFPN"})
+    PanopticTask()
+    >>> task_for_model({"type": "MaskTrackRCNN"})
     Traceback (most recent call last):
     ...
-    ValueError: The config's model `PanopticFPN` is a panoptic segmentation model; ...
+    ValueError: The config's model `MaskTrackRCNN` is a video instance segmentation model; ...
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from typing import Any
 
 from .base import Task, is_proposal_head
 from .detection import DetectionTask, other_task
+from .panoptic import PanopticTask
 
-__all__ = ["Task", "DetectionTask", "TASKS", "register_task", "task_for_model", "task_of", "is_proposal_head"]
+__all__ = ["Task", "DetectionTask", "PanopticTask", "TASKS", "register_task", "task_for_model", "task_of",
+           "is_proposal_head"]
 
 #: the task classes, asked in order; the first whose ``handles`` accepts the model trains it
-TASKS: list[type[Task]] = [DetectionTask]
+TASKS: list[type[Task]] = [PanopticTask, DetectionTask]
 
 
 def register_task(task: type[Task]) -> type[Task]:
@@ -40,7 +45,7 @@ def task_for_model(model_cfg: Mapping[str, Any]) -> Task:
     model_type = str(model_cfg.get("type", ""))
     raise ValueError(
         f"The config's model `{model_type}` is a {other_task(model_cfg) or 'model of an unknown task'} model; "
-        "mmdet-lightning trains object detection and instance segmentation models only.\n"
+        "mmdet-lightning trains object detection, instance segmentation and panoptic segmentation models only.\n"
         "Hint: use MMDetection's own tools/train.py for this config."
     )
 

@@ -9,7 +9,8 @@ semi-supervised or grounding detection) is one module of :mod:`mmdet_lightning.t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -59,6 +60,9 @@ class Task:
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
+    def setup_model(self, model: torch.nn.Module) -> None:
+        """Read what the task needs of the built model (``MMDetModule`` calls it once the detector is built)."""
+
     # ------------------------------------------------------------------ training
     def losses(self, model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The total loss and every logged term of one batch, as mmengine's ``BaseModel.train_step`` computes
@@ -75,6 +79,14 @@ class Task:
     def predicted_instances(self, sample: Any, score_thr: float) -> Instances | None:
         """What a W&B table or the prediction writer shows of one predicted sample (None: nothing to show)."""
         return None
+
+    def ground_truth_instances(self, data_info: Mapping[str, Any], height: int, width: int,
+                               with_masks: bool) -> Instances:
+        """What a W&B table shows of one image's ground truth (the dataset's ``get_data_info``): its
+        ``instances``, with masks when ``with_masks``."""
+        from ..wandb.media import instances_from_data_info
+
+        return instances_from_data_info(data_info, height, width, with_masks=with_masks)
 
     def has_masks(self, sample: Any) -> bool:
         """Whether the predictions of ``sample`` carry masks (W&B tables then draw them)."""
@@ -98,4 +110,15 @@ class Task:
 
     def metrics_without_detections(self, evaluator: Evaluator) -> dict[str, float]:
         """What an evaluation logs when no image has a prediction (the metrics return nothing then)."""
+        return {}
+
+    @contextlib.contextmanager
+    def recording_evaluation(self, evaluator: Evaluator) -> Iterator[dict[str, Any]]:
+        """Around ``evaluator.evaluate``: what the task keeps of the evaluation beyond its scalars (for the W&B
+        analytics), filled in by the end of the block (``MMDetModule.last_eval_details``). Nothing by default
+        (detection's ``COCOeval`` objects are kept by :func:`~mmdet_lightning.evaluation.record_coco_evals`)."""
+        yield {}
+
+    def analytics_tables(self, details: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        """W&B tables made from :meth:`recording_evaluation`'s ``details``, by key (``<prefix>/...``)."""
         return {}

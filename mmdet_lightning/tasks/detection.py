@@ -21,6 +21,8 @@ __all__ = ["DetectionTask"]
 _OTHER_TASK_MODELS: dict[str, str] = {
     "PanopticFPN": "panoptic segmentation",
     "TwoStagePanopticSegmentor": "panoptic segmentation",
+    "MaskFormer": "panoptic segmentation",
+    "Mask2Former": "panoptic segmentation",
     "SemiBaseDetector": "semi-supervised detection",
     "SoftTeacher": "semi-supervised detection",
     "GLIP": "grounding (open-vocabulary) detection",
@@ -48,9 +50,14 @@ def other_task(model_cfg: Mapping[str, Any]) -> str | None:
         ('panoptic segmentation', None)
         >>> other_task({"type": "Mask2Former", "panoptic_head": {}, "test_cfg": {"panoptic_on": False}}) is None
         True
+        >>> other_task({"type": "Mask2Former", "panoptic_head": {}})
+        'panoptic segmentation'
+
     """
-    task = _OTHER_TASK_MODELS.get(str(model_cfg.get("type", "")).split(".")[-1])
     instance_only = (model_cfg.get("test_cfg") or {}).get("panoptic_on") is False  # Mask2Former for instances
+    task = _OTHER_TASK_MODELS.get(str(model_cfg.get("type", "")).split(".")[-1])
+    if task == "panoptic segmentation" and instance_only:
+        task = None
     if task is None:
         task = next((t for key, t in _OTHER_TASK_KEYS.items()
                      if key in model_cfg and not (instance_only and key.startswith("panoptic"))), None)

@@ -14,6 +14,7 @@ from .. import analysis
 from .._compat import lightning as lightning_compat
 from .._compat import wandb as wandb_compat
 from ..lightning_package import pl
+from ..tasks import task_of
 from ._common import check_unit_interval, find_wandb_logger
 from .worker import BackgroundWorker
 
@@ -55,7 +56,8 @@ class WandbEvalAnalytics(Callback):
     tracing that the training loop does not wait for).
 
     Args:
-        per_class_ap: log the per-class AP table.
+        per_class_ap: log the per-class AP table (panoptic segmentation: the per-class PQ table,
+            ``<p>/per_class_pq``: ``class``, ``kind`` (thing / stuff), ``PQ``, ``SQ``, ``RQ``).
         pr_curves: log the precision-recall charts.
         confusion_matrix: log the confusion matrix chart and table.
         run_summary: write the run summary.
@@ -174,6 +176,9 @@ class WandbEvalAnalytics(Callback):
         started = time.perf_counter()
         coco_evals: dict[str, Any] = dict(getattr(pl_module, "last_coco_eval", None) or {})
         charts = self.charts(coco_evals, prefix) if coco_evals else {}
+        details = getattr(pl_module, "last_eval_details", None)
+        if self.per_class_ap and details:  # the task's own tables (panoptic segmentation: per-class PQ / SQ / RQ)
+            charts.update(task_of(pl_module).analytics_tables(details, prefix))
         if charts:
             self._logger.log_metrics(charts, step=trainer.global_step)
         if self.run_summary:

@@ -22,6 +22,7 @@ class Instances:
     """Boxes (N, 4) as x1, y1, x2, y2 pixels, 0-based labels (N,), optional scores (N,) and masks (N, H, W).
 
     ``problems`` lists annotations that were skipped (empty or malformed masks), for one warning per image.
+    ``boxed`` (N,) bool, where given, says which instances have their box drawn (panoptic: things, not stuff).
 
     Example::
         >>> Instances(np.zeros((0, 4)), np.zeros(0, dtype=int)).boxes.shape
@@ -33,6 +34,7 @@ class Instances:
     scores: np.ndarray | None = None
     masks: np.ndarray | None = None
     problems: list[str] = field(default_factory=list)
+    boxed: np.ndarray | None = None
 
 
 def _mask_from_annotation(mask: Any, height: int, width: int) -> np.ndarray | None:
@@ -115,6 +117,8 @@ def box_data(instances: Instances, class_names: Sequence[str]) -> list[dict[str,
     """
     entries = []
     for index, (box, label) in enumerate(zip(instances.boxes.tolist(), instances.labels.tolist(), strict=True)):
+        if instances.boxed is not None and not instances.boxed[index]:
+            continue
         name = class_names[label] if 0 <= label < len(class_names) else str(label)
         entry: dict[str, Any] = {
             "position": {"minX": box[0], "minY": box[1], "maxX": box[2], "maxY": box[3]},

@@ -10,14 +10,13 @@ import numpy as np
 
 from .._compat import wandb as wandb_compat
 from ..lightning_package import pl
-from ..tasks import task_of
+from ..tasks import DetectionTask, Task, task_of
 from ..utilities import first_dataset, gather_objects
 from ._common import check_non_negative_int, check_unit_interval, find_wandb_logger
 from .media import (
     Instances,
     box_data,
     class_mask_layers,
-    instances_from_data_info,
 )
 from .worker import BackgroundWorker
 
@@ -100,6 +99,7 @@ class WandbDetectionTables(Callback):
         self._with_masks = False
         self._val_artifact: Any = None
         self._val_images: dict[int, tuple[str, Any]] = {}
+        self._task: Task = DetectionTask()
         self.worker = worker if worker is not None else BackgroundWorker(background=background)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -173,6 +173,7 @@ class WandbDetectionTables(Callback):
         fn = str(getattr(trainer.state.fn, "value", trainer.state.fn))
         aliases = [f"epoch_{trainer.current_epoch + 1}" if fn == "fit" else fn, "latest"]
         log_val = not self.val_logged
+        self._task = task_of(trainer.lightning_module)  # what the worker asks for the ground truth
         self.val_logged = True  # handed over: a checkpoint saved from now on must not make a resumed run log it again
         self.worker.submit(self._write_tables, run, indices, infos, classes, dict(predictions), self._with_masks,
                            log_val, aliases)
@@ -228,7 +229,7 @@ class WandbDetectionTables(Callback):
                 rank_zero_warn(f"W&B val table: skipping image {path}, which cannot be read "
                                f"({type(err).__name__}: {err}).")
                 continue
-            gt = instances_from_data_info(info, height, width, with_masks=with_masks)
+            gt = self._task.ground_truth_instances(info, height, width, with_masks)
             if gt.problems:
                 rank_zero_warn(f"W&B val table: {path}: " + "; ".join(gt.problems))
             image = _wandb_image(source, gt, "ground_truth", classes, class_set)
