@@ -2,10 +2,13 @@
 
     base.py        Task: what differs by task (losses, predictions, class checks, metrics, W&B media)
     detection.py   DetectionTask: object detection and instance segmentation (``pred_instances``)
+    semi_supervised.py  SemiSupervisedTask: mmdet's SemiBaseDetector family (SoftTeacher), teacher and student
 
 Example::
     >>> task_for_model({"type": "FasterRCNN"})
     DetectionTask()
+    >>> task_for_model({"type": "SoftTeacher"})
+    SemiSupervisedTask()
     >>> task_for_model({"type": "PanopticFPN"})
     Traceback (most recent call last):
     ...
@@ -19,8 +22,10 @@ from typing import Any
 
 from .base import Task, is_proposal_head
 from .detection import DetectionTask, other_task
+from .semi_supervised import SemiSupervisedTask
 
-__all__ = ["Task", "DetectionTask", "TASKS", "register_task", "task_for_model", "task_of", "is_proposal_head"]
+__all__ = ["Task", "DetectionTask", "TASKS", "register_task", "task_for_model", "task_of", "is_proposal_head",
+           "SemiSupervisedTask"]
 
 #: the task classes, asked in order; the first whose ``handles`` accepts the model trains it
 TASKS: list[type[Task]] = [DetectionTask]
@@ -32,6 +37,9 @@ def register_task(task: type[Task]) -> type[Task]:
     return task
 
 
+register_task(SemiSupervisedTask)
+
+
 def task_for_model(model_cfg: Mapping[str, Any]) -> Task:
     """The task that trains the config's ``model``; ``ValueError`` naming the task when none does."""
     for task in TASKS:
@@ -40,9 +48,14 @@ def task_for_model(model_cfg: Mapping[str, Any]) -> Task:
     model_type = str(model_cfg.get("type", ""))
     raise ValueError(
         f"The config's model `{model_type}` is a {other_task(model_cfg) or 'model of an unknown task'} model; "
-        "mmdet-lightning trains object detection and instance segmentation models only.\n"
+        f"mmdet-lightning trains {_trained()} only.\n"
         "Hint: use MMDetection's own tools/train.py for this config."
     )
+
+
+def _trained() -> str:
+    """What the registered tasks train, in words: ``object detection and instance segmentation, ...``."""
+    return ", ".join(f"{task.description} models" for task in reversed(TASKS))
 
 
 def task_of(pl_module: Any) -> Task:
