@@ -105,6 +105,10 @@ class MMDetDataModule(pl.LightningDataModule):
         for key in needed + optional:
             for dataset_cfg in leaf_dataset_cfgs((self.cfg.get(key) or {}).get("dataset", {})):
                 _check_dataset_paths(key, dataset_cfg)
+        if stage == "fit" and self.cfg.get("model") is not None:
+            from .tasks import task_for_model
+
+            task_for_model(self.cfg.model).check_train_data(self.cfg.train_dataloader)
         trainer = self.trainer
         if stage == "fit" and self.global_batch_size is not None:
             self._split_global_batch(self.global_batch_size, trainer.world_size if trainer is not None else 1)

@@ -9,6 +9,9 @@ Layout written under ``root``::
     root/train/000000.png ...          root/val/000000.png ...
     root/annotations/instances_train.json
     root/annotations/instances_val.json
+    root/unlabeled/000000.png ...       (``num_unlabeled`` > 0: semi-supervised detection's unlabeled source)
+    root/annotations/instances_unlabeled.json   its images and categories, no annotations (as mmdet's
+                                                semi-supervised docs prepare COCO's unlabeled2017)
     root/meta.json                      (the arguments; a second call with the same ones is a no-op)
 
 Command line::
@@ -58,9 +61,11 @@ class ShapesConfig:
     crowd_prob: float = 0.0
     min_size: float = 0.15
     max_size: float = 0.4
+    #: images of an unlabeled split (drawn like the training images, their annotations left out)
+    num_unlabeled: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("num_train", "num_val"):
+        for name in ("num_train", "num_val", "num_unlabeled"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Expected argument `{name}` to be >= 0, but got {getattr(self, name)}.")
         if self.width < 16 or self.height < 16:
@@ -153,7 +158,7 @@ def _draw_image(cfg: ShapesConfig, rng: np.random.Generator) -> tuple[Image.Imag
 
 
 def _write_split(root: Path, split: str, count: int, cfg: ShapesConfig) -> Path:
-    split_index = {"train": 0, "val": 1}[split]
+    split_index = {"train": 0, "val": 1, "unlabeled": 2}[split]
     (root / split).mkdir(parents=True, exist_ok=True)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
@@ -163,7 +168,7 @@ def _write_split(root: Path, split: str, count: int, cfg: ShapesConfig) -> Path:
         file_name = f"{index:06d}.png"
         image.save(root / split / file_name)
         images.append({"id": index + 1, "file_name": file_name, "width": cfg.width, "height": cfg.height})
-        for obj in objects:
+        for obj in objects if split != "unlabeled" else []:
             annotations.append({"id": len(annotations) + 1, "image_id": index + 1, **obj})
     coco = {
         "info": {"description": f"mmdet-lightning synthetic shapes ({split})"},
@@ -199,6 +204,8 @@ def make_shapes_dataset(root: str | Path, config: ShapesConfig | None = None, **
         return root
     _write_split(root, "train", cfg.num_train, cfg)
     _write_split(root, "val", cfg.num_val, cfg)
+    if cfg.num_unlabeled:
+        _write_split(root, "unlabeled", cfg.num_unlabeled, cfg)
     meta.write_text(json.dumps(asdict(cfg), indent=1))
     return root
 
@@ -211,10 +218,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=ShapesConfig.width, help="image width and height in pixels")
     parser.add_argument("--seed", type=int, default=ShapesConfig.seed)
     parser.add_argument("--crowd-prob", type=float, default=ShapesConfig.crowd_prob)
+    parser.add_argument("--num-unlabeled", type=int, default=ShapesConfig.num_unlabeled,
+                        help="images of an unlabeled split, for semi-supervised detection (default: 0)")
     args = parser.parse_args(argv)
     root = make_shapes_dataset(
         args.out, num_train=args.num_train, num_val=args.num_val, width=args.size, height=args.size,
-        seed=args.seed, crowd_prob=args.crowd_prob,
+        seed=args.seed, crowd_prob=args.crowd_prob, num_unlabeled=args.num_unlabeled,
     )
     print(f"synthetic dataset ready in {root} ({args.num_train} train, {args.num_val} val images)")
 
