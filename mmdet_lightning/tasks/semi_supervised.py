@@ -90,9 +90,10 @@ class SemiSupervisedTask(DetectionTask):
         if not missing and sampler in ("GroupMultiSourceSampler", "MultiSourceSampler"):
             return
         found = ", ".join(f"dataset {i}: {sorted(b) or 'no MultiBranch'}" for i, b in enumerate(branches))
-        what = f"no {' and no '.join(missing)} source" if missing else f"a `{sampler or 'default'}` sampler"
+        what = (f"has no {' and no '.join(missing)} source" if missing else
+                f"samples with `{sampler or 'DefaultSampler'}`, which does not put both sources in every batch")
         raise ValueError(
-            f"The semi-supervised config's train_dataloader has {what} ({found}); SemiBaseDetector.loss needs "
+            f"The semi-supervised config's train_dataloader {what} ({found}); SemiBaseDetector.loss needs "
             "labeled images (MultiBranch branch `sup`) and unlabeled ones (branches `unsup_teacher` and "
             "`unsup_student`) in every batch.\nHint: make train_dataloader.dataset a ConcatDataset of a labeled and "
             "an unlabeled dataset (images without annotations, e.g. `python -m mmdet_lightning.synthetic "
