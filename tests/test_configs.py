@@ -12,7 +12,8 @@ from mmdet_lightning.lightning_package import pl
 
 from .conftest import CONFIGS
 
-CONFIG_NAMES = sorted(p.name for p in CONFIGS.glob("shapes_*.py"))
+# semi-supervised configs need an unlabeled split and log teacher/ and student/ metrics: tests/test_semi_supervised.py
+CONFIG_NAMES = sorted(p.name for p in CONFIGS.glob("shapes_*.py") if p.name != "shapes_soft_teacher.py")
 
 
 def test_every_required_model_has_a_config() -> None:
