@@ -107,7 +107,8 @@ def _runner_config(semi_shapes_config: Any, tmp_path: Path, load_from: bool = Fa
     if load_from:
         cfg.load_from = str(_detector_checkpoint(cfg, tmp_path / "detector.pth"))
     # an untrained teacher scores about 1/4 a class: pseudo instances from the first iteration all the same
-    cfg.model.semi_train_cfg.update(pseudo_label_initial_score_thr=0.1, rpn_pseudo_thr=0.1, cls_pseudo_thr=0.1)
+    cfg.model.semi_train_cfg.update(pseudo_label_initial_score_thr=0.1, rpn_pseudo_thr=0.1, cls_pseudo_thr=0.1,
+                                    jitter_times=3)  # box uncertainty from 3 jitters instead of 10: a faster test
     cfg.param_scheduler = [
         dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=WARMUP_ITERS),
         dict(type="MultiStepLR", by_epoch=False, begin=0, end=MAX_ITERS, milestones=[6], gamma=0.1),
@@ -153,9 +154,13 @@ def test_soft_teacher_matches_mmengine_runner(semi_shapes_config: Any, tmp_path:
     assert [sorted(d) for d in trainer_rec.losses] == [sorted(d) for d in runner_rec.losses]
     assert {"sup_loss_cls", "unsup_loss_cls", "unsup_loss_rpn_cls"} <= set(runner_rec.losses[0])
     assert any(d["unsup_loss_cls"] > 0 for d in runner_rec.losses), "no pseudo instance: the test means little"
+    worst = 0.0
     for step, (ours, theirs) in enumerate(zip(trainer_rec.losses, runner_rec.losses, strict=True)):
         for key in theirs:
             assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), f"iteration {step}: {key}"
+            worst = max(worst, abs(ours[key] - theirs[key]) / max(abs(theirs[key]), 1e-12))
+    print(f"\nSoftTeacher vs Runner: {MAX_ITERS} iterations, largest relative loss difference {worst:.2e}; "
+          f"losses {[round(d['loss'], 4) for d in runner_rec.losses]}; mAP ours {trainer_maps}, runner {runner_maps}")
 
     ours_state = module.model.state_dict()
     for key, value in runner_state.items():
