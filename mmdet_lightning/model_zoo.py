@@ -354,6 +354,8 @@ def adapt_to_dataset(cfg: Config, data_root: str | Path, classes: Sequence[str],
         if loader is None:
             continue
         loader.update(batch_size=batch_size, num_workers=0, persistent_workers=False)
+        if "batch_size" in (loader.get("sampler") or {}):  # multi-source samplers (semi-supervised) batch themselves
+            loader.sampler.batch_size = batch_size
         for dataset in leaf_dataset_cfgs(loader["dataset"]):
             pipeline = dataset.get("pipeline")
             test_mode = dataset.get("test_mode", split == "val")
@@ -395,7 +397,7 @@ def run_family(family: str, data_root: str | Path, work_dir: str | Path, iterati
     Returns a record ``{"family", "config", "status", "seconds", "reason", "loss", "predictions", "max_side"}``
     (``predictions``: images predicted) where status is ``pass``, ``fail`` (mmdet's own runner trains the same
     adapted config), ``not-run`` (mmdet's runner fails too on this machine: the reason is its error) or
-    ``not-covered`` (a task this package does not train: panoptic, tracking, grounding, semi-supervised).
+    ``not-covered`` (a task this package does not train: panoptic, tracking, grounding).
     """
     import math
     import time

@@ -267,3 +267,18 @@ def test_shipped_soft_teacher_yaml(semi_shapes_config: Any, tmp_path: Path) -> N
     assert any("teacher/coco/bbox_mAP" in row and "student/coco/bbox_mAP" in row for row in history(records))
     (pred,) = [a for a in artifacts(records) if a.type == "evaluation"]  # checkpoints every 100 steps: none here
     assert pred.name.endswith("_pred")
+
+
+def test_model_zoo_adapts_mmdets_soft_teacher_config(semi_shapes_config: Any) -> None:
+    """mmdet's own soft_teacher config on the synthetic data (tools/model_zoo_sweep.py): the multi-source sampler
+    batches as the loader does, so every batch holds both sources (it trains: status `pass` in the sweep)."""
+    from mmengine.config import Config
+
+    from mmdet_lightning.model_zoo import adapt_to_dataset, family_config
+    from mmdet_lightning.synthetic import CLASSES
+
+    root = semi_shapes_config().train_dataloader.dataset.datasets[0].data_root
+    cfg = adapt_to_dataset(Config.fromfile(str(family_config("soft_teacher"))), root, CLASSES)
+    loader = cfg.train_dataloader
+    assert loader.sampler.type == "GroupMultiSourceSampler" and loader.sampler.batch_size == loader.batch_size == 2
+    SemiSupervisedTask().check_train_data(loader)
