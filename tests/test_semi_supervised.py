@@ -125,6 +125,7 @@ def test_soft_teacher_matches_mmengine_runner(semi_shapes_config: Any, tmp_path:
     from mmengine.runner import Runner
 
     cfg = _runner_config(semi_shapes_config, tmp_path, load_from=True)
+    cfg.train_cfg.val_interval = MAX_ITERS // 2  # training after a teacher-student validation, too
     runner = Runner.from_cfg(cfg.copy())
     runner_rec = RunnerRecorder()
     runner.register_hook(runner_rec, priority="VERY_LOW")
@@ -139,7 +140,7 @@ def test_soft_teacher_matches_mmengine_runner(semi_shapes_config: Any, tmp_path:
     assert module.load_report is not None and not module.load_report.missing  # teacher and student loaded
     trainer_rec = TrainerRecorder()
     trainer = pl.Trainer(
-        max_steps=MAX_ITERS, max_epochs=-1, val_check_interval=MAX_ITERS, check_val_every_n_epoch=None,
+        max_steps=MAX_ITERS, max_epochs=-1, val_check_interval=MAX_ITERS // 2, check_val_every_n_epoch=None,
         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         num_sanity_val_steps=0, callbacks=[*callbacks_from_config(cfg), trainer_rec],
         default_root_dir=str(tmp_path / "lightning"),

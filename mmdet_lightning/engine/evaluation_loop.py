@@ -87,6 +87,8 @@ class StageEvaluation:
     def start(self, stage: str, dataloader: Any, model: torch.nn.Module) -> None:
         dataset = first_dataset(dataloader)
         self.check_classes(model, dataset, stage)
+        for _ in self.models(stage)[1:]:
+            _draw_iterator_seed(dataloader)
         for name in self.models(stage):
             evaluator = self.evaluator(stage, name)
             evaluator.dataset_meta = getattr(dataset, "metainfo", None)
@@ -149,6 +151,17 @@ class StageEvaluation:
                 found[kind] = empty_coco_eval(coco_api, metric.cat_ids, metric.img_ids, kind,
                                               metric.iou_thrs, metric.proposal_nums)
         return found
+
+
+def _draw_iterator_seed(dataloaders: Any) -> None:
+    """What one more pass over the evaluation loader takes from torch's generator under mmengine's runner (a loop
+    that evaluates several models, ``TeacherStudentValLoop``, iterates the loader once a model; Lightning iterates
+    it once): a new iterator draws its base seed, unless its workers persist. Keeps the training that follows
+    on the runner's random stream."""
+    loader = dataloaders[0] if isinstance(dataloaders, (list, tuple)) and dataloaders else dataloaders
+    if loader is None or (getattr(loader, "persistent_workers", False) and getattr(loader, "num_workers", 0) > 0):
+        return
+    torch.empty((), dtype=torch.int64).random_(generator=getattr(loader, "generator", None))
 
 
 def _slim(coco_eval: Any) -> Any:
