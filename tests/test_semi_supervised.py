@@ -85,6 +85,24 @@ def test_semi_supervised_config_without_unlabeled_source_stops_at_setup(semi_sha
     MMDetDataModule(semi_shapes_config()).setup("fit")  # the shipped layout passes
 
 
+def test_endless_batches_resume_where_they_stopped(semi_shapes_config: Any) -> None:
+    """A checkpoint's data state (MMDetDataModule.state_dict) continues the endless pass at the next batch."""
+    cfg = semi_shapes_config()
+    first = MMDetDataModule(cfg, seed=0)
+    first.setup("fit")
+    batches = iter(first.train_dataloader().batch_sampler)
+    for _ in range(3):
+        next(batches)
+    state = first.state_dict()
+    assert state["train_batches"]["batches_done"] == 3
+    expected = [next(batches) for _ in range(2)]
+    resumed = MMDetDataModule(cfg, seed=0)
+    resumed.load_state_dict(state)
+    resumed.setup("fit")
+    again = iter(resumed.train_dataloader().batch_sampler)
+    assert [next(again) for _ in range(2)] == expected
+
+
 def _detector_checkpoint(cfg: Any, path: Path) -> Path:
     """The config's detector, initialised from seed 0 and not trained, as a plain mmdet checkpoint: loaded by
     both runs (``load_from``), into the teacher and the student. mmengine's IterBasedTrainLoop draws its data
