@@ -17,7 +17,7 @@ import logging
 import os
 import pickle
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,8 +205,11 @@ def _strip_prefix(key: str) -> str:
     return key
 
 
-def load_detector_weights(model: nn.Module, path: str | os.PathLike, trust: bool = False) -> LoadReport:
-    """Load every checkpoint tensor whose name and shape fit ``model``; report the rest.
+def load_detector_weights(model: nn.Module, path: str | os.PathLike, trust: bool = False,
+                          adapt: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> LoadReport:
+    """Load every checkpoint tensor whose name and shape fit ``model``; report the rest. ``adapt`` renames the
+    checkpoint's tensors for the model first (the task's ``checkpoint_state``: a detector's weights into both
+    halves of a semi-supervised one, as its ``_load_from_state_dict`` does under mmengine).
 
     A head trained for another class count loads everything but the class-dependent layers, which
     keep their initialisation and are listed in ``LoadReport.mismatched``.
@@ -220,6 +223,8 @@ def load_detector_weights(model: nn.Module, path: str | os.PathLike, trust: bool
         (['bias'], ['extra'], {'weight': ((2, 3), (4, 3))})
     """
     state = read_state_dict(path, trust=trust)
+    if adapt is not None:
+        state = adapt(dict(state))
     own = model.state_dict()
     report = LoadReport()
     usable = {}

@@ -108,6 +108,10 @@ class MMDetDataModule(pl.LightningDataModule):
             evaluator_key = key.replace("_dataloader", "_evaluator")
             if key != "train_dataloader" and stage != "predict":
                 _check_evaluator_paths(self.cfg, evaluator_key if self.cfg.get(evaluator_key) else "val_evaluator")
+        if stage == "fit" and self.cfg.get("model") is not None:
+            from .tasks import task_for_model
+
+            task_for_model(self.cfg.model).check_train_data(self.cfg.train_dataloader)
         trainer = self.trainer
         if stage == "fit" and self.global_batch_size is not None:
             self._split_global_batch(self.global_batch_size, trainer.world_size if trainer is not None else 1)

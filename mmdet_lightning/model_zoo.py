@@ -334,11 +334,11 @@ def adapt_to_dataset(cfg: Config, data_root: str | Path, classes: Sequence[str],
     """A copy of an mmdet config that trains on the COCO-format dataset at ``data_root`` (the layout of
     :func:`~mmdet_lightning.synthetic.make_shapes_dataset`): datasets become ``CocoDataset``s of ``classes``
     (wrappers such as ``RepeatDataset`` and ``MultiImageMixDataset`` kept, their pipelines kept), the heads
-    predict ``len(classes)`` classes, evaluators are ``CocoMetric`` (``segm`` too for mask models), image
-    sizes are shrunk to ``max_side`` (SSD keeps its 300 px), at most 50 detections and 500 pre-NMS boxes
-    per image, at most 100 object queries or learned proposals, pretrained weights and teacher checkpoints are dropped (teacher configs are found in mmdet's
-    package), ``SyncBN`` becomes ``BN`` (one process) and ``AmpOptimWrapper`` a plain ``OptimWrapper``
-    (CUDA only; precision is the Trainer's here).
+    predict ``len(classes)`` classes, evaluators are ``CocoMetric`` (``segm`` too for mask models), image sizes
+    are shrunk to ``max_side`` (SSD keeps its 300 px), at most 50 detections and 500 pre-NMS boxes per image, at
+    most 100 object queries or learned proposals, pretrained weights and teacher checkpoints are dropped
+    (teacher configs are found in mmdet's package), ``SyncBN`` becomes ``BN`` (one process) and
+    ``AmpOptimWrapper`` a plain ``OptimWrapper`` (CUDA only; precision is the Trainer's here).
 
     Example::
         >>> from mmengine.config import Config
@@ -368,6 +368,8 @@ def adapt_to_dataset(cfg: Config, data_root: str | Path, classes: Sequence[str],
         if loader is None:
             continue
         loader.update(batch_size=batch_size, num_workers=0, persistent_workers=False)
+        if "batch_size" in (loader.get("sampler") or {}):  # multi-source samplers (semi-supervised) batch themselves
+            loader.sampler.batch_size = batch_size
         for dataset in leaf_dataset_cfgs(loader["dataset"]):
             pipeline = dataset.get("pipeline")
             test_mode = dataset.get("test_mode", split == "val")
@@ -409,7 +411,7 @@ def run_family(family: str, data_root: str | Path, work_dir: str | Path, iterati
     Returns a record ``{"family", "config", "status", "seconds", "reason", "loss", "predictions", "max_side"}``
     (``predictions``: images predicted) where status is ``pass``, ``fail`` (mmdet's own runner trains the same
     adapted config), ``not-run`` (mmdet's runner fails too on this machine: the reason is its error) or
-    ``not-covered`` (a task this package does not train: panoptic, tracking, grounding, semi-supervised).
+    ``not-covered`` (a task this package does not train: panoptic, tracking, grounding).
     """
     import math
     import time

@@ -137,7 +137,8 @@ class MMDetModule(pl.LightningModule):
         load_from = load_from if load_from is not None else self.cfg.get("load_from")
         self.load_report: LoadReport | None = None
         if load_from:
-            self.load_report = load_detector_weights(self.model, load_from, trust=trust_checkpoint)
+            self.load_report = load_detector_weights(self.model, load_from, trust=trust_checkpoint,
+                                                     adapt=self.task.checkpoint_state)
         self.automatic_optimization = False
         self.save_hyperparameters({"config": self.cfg.to_dict()})
         self.optim_wrapper: OptimWrapper | None = None
@@ -355,10 +356,8 @@ class MMDetModule(pl.LightningModule):
 
     def validation_step(  # type: ignore[override]
             self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
-        outputs = self.task.predictions_to_float32(self.model.val_step(batch))
-        if not self.trainer.sanity_checking:  # a few sanity batches would give a meaningless mAP
-            self.evaluation.process("val", outputs, batch)
-        return outputs
+        # a few sanity batches would give a meaningless mAP
+        return self.evaluation.step("val", self.model, batch, process=not self.trainer.sanity_checking)
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
@@ -369,9 +368,7 @@ class MMDetModule(pl.LightningModule):
 
     def test_step(  # type: ignore[override]
             self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Any]:
-        outputs = self.task.predictions_to_float32(self.model.test_step(batch))
-        self.evaluation.process("test", outputs, batch)
-        return outputs
+        return self.evaluation.step("test", self.model, batch)
 
     def on_test_epoch_end(self) -> None:
         self._finish_evaluation("test", self.trainer.test_dataloaders)

@@ -41,8 +41,8 @@ from torch.utils.data import DataLoader
 
 from ._compat.lightning import collect_rng_states, set_rng_states
 
-__all__ = ["ResumableBatchSampler", "ResumableDataLoader", "with_resumable_batches", "message_hub_state",
-           "load_message_hub_state"]
+__all__ = ["ResumableBatchSampler", "EndlessBatchSampler", "ResumableDataLoader", "with_resumable_batches",
+           "message_hub_state", "load_message_hub_state"]
 
 
 class ResumableBatchSampler:
@@ -143,10 +143,38 @@ class ResumableDataLoader(DataLoader):
         pass  # see the class docstring
 
 
+class EndlessBatchSampler(ResumableBatchSampler):
+    """A :class:`ResumableBatchSampler` over an endless sampler (mmengine's ``InfiniteSampler``, mmdet's
+    ``MultiSourceSampler`` / ``GroupMultiSourceSampler`` of semi-supervised configs), which report the dataset's
+    length but never end: it has no length, so that Lightning runs one endless epoch, stopped by ``max_steps``,
+    drawing from one pass of the sampler as mmengine's ``IterBasedTrainLoop`` does (Lightning epochs of the
+    reported length would restart the sampler, repeating its first indices, and draw a new iterator's seed
+    from torch's generator each time)."""
+
+    def __len__(self) -> int:
+        raise TypeError(f"{type(self.sampler).__name__} never ends: its batches have no length")
+
+
+def is_endless_sampler(sampler: Any) -> bool:
+    """Whether ``sampler`` yields indices without end (``InfiniteSampler``, ``MultiSourceSampler`` and subclasses).
+
+    Example::
+        >>> from mmengine.dataset import DefaultSampler, InfiniteSampler
+        >>> is_endless_sampler(InfiniteSampler(range(4))), is_endless_sampler(DefaultSampler(range(4)))
+        (True, False)
+    """
+    from mmdet.datasets.samplers import MultiSourceSampler
+    from mmengine.dataset import InfiniteSampler
+
+    return isinstance(sampler, (InfiniteSampler, MultiSourceSampler))
+
+
 def with_resumable_batches(loader: DataLoader) -> DataLoader:
-    """The same DataLoader, its batch sampler wrapped in a :class:`ResumableBatchSampler`."""
+    """The same DataLoader, its batch sampler wrapped in a :class:`ResumableBatchSampler` (an
+    :class:`EndlessBatchSampler` over an endless sampler)."""
     if isinstance(loader.batch_sampler, ResumableBatchSampler) or loader.batch_sampler is None:
         return loader
+    endless = is_endless_sampler(getattr(loader.batch_sampler, "sampler", None))
     kwargs: dict[str, Any] = dict(
         num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
         timeout=loader.timeout, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
@@ -154,7 +182,8 @@ def with_resumable_batches(loader: DataLoader) -> DataLoader:
     )
     if loader.num_workers > 0:
         kwargs["prefetch_factor"] = loader.prefetch_factor
-    return ResumableDataLoader(loader.dataset, batch_sampler=ResumableBatchSampler(loader.batch_sampler), **kwargs)
+    batches = (EndlessBatchSampler if endless else ResumableBatchSampler)(loader.batch_sampler)
+    return ResumableDataLoader(loader.dataset, batch_sampler=batches, **kwargs)
 
 
 def _plain(value: Any) -> Any:

@@ -9,6 +9,9 @@ Layout written under ``root``::
     root/train/000000.png ...          root/val/000000.png ...
     root/annotations/instances_train.json
     root/annotations/instances_val.json
+    root/unlabeled/000000.png ...       (``num_unlabeled`` > 0: semi-supervised detection's unlabeled source)
+    root/annotations/instances_unlabeled.json   its images and categories, no annotations (as mmdet's
+                                                semi-supervised docs prepare COCO's unlabeled2017)
     root/meta.json                      (the arguments; a second call with the same ones is a no-op)
 
 With ``panoptic=True`` (``--panoptic``) the images also get a "floor" region below a random horizon, and the
@@ -69,9 +72,11 @@ class ShapesConfig:
     min_size: float = 0.15
     max_size: float = 0.4
     panoptic: bool = False
+    #: images of an unlabeled split (drawn like the training images, their annotations left out)
+    num_unlabeled: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("num_train", "num_val"):
+        for name in ("num_train", "num_val", "num_unlabeled"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Expected argument `{name}` to be >= 0, but got {getattr(self, name)}.")
         if self.width < 16 or self.height < 16:
@@ -201,7 +206,7 @@ def _draw_image(cfg: ShapesConfig, rng: np.random.Generator
 
 
 def _write_split(root: Path, split: str, count: int, cfg: ShapesConfig) -> Path:
-    split_index = {"train": 0, "val": 1}[split]
+    split_index = {"train": 0, "val": 1, "unlabeled": 2}[split]
     (root / split).mkdir(parents=True, exist_ok=True)
     png_folder = root / "annotations" / f"panoptic_{split}"
     if cfg.panoptic:
@@ -215,7 +220,7 @@ def _write_split(root: Path, split: str, count: int, cfg: ShapesConfig) -> Path:
         file_name = f"{index:06d}.png"
         image.save(root / split / file_name)
         images.append({"id": index + 1, "file_name": file_name, "width": cfg.width, "height": cfg.height})
-        for obj in objects:
+        for obj in objects if split != "unlabeled" else []:
             annotations.append({"id": len(annotations) + 1, "image_id": index + 1, **obj})
         if segment_ids is not None:
             from .panoptic_quality import id2rgb
@@ -262,12 +267,14 @@ def make_shapes_dataset(root: str | Path, config: ShapesConfig | None = None, **
     cfg = config if config is not None else ShapesConfig(**kwargs)
     root = Path(root)
     meta = root / "meta.json"
-    # `panoptic` is recorded only when set, so that detection datasets made before it existed are kept
-    arguments = {k: v for k, v in asdict(cfg).items() if k != "panoptic" or v}
+    # `panoptic` and `num_unlabeled` are recorded only when set, so that datasets made before they existed are kept
+    arguments = {k: v for k, v in asdict(cfg).items() if k not in ("panoptic", "num_unlabeled") or v}
     if meta.is_file() and json.loads(meta.read_text()) == arguments:
         return root
     _write_split(root, "train", cfg.num_train, cfg)
     _write_split(root, "val", cfg.num_val, cfg)
+    if cfg.num_unlabeled:
+        _write_split(root, "unlabeled", cfg.num_unlabeled, cfg)
     meta.write_text(json.dumps(arguments, indent=1))
     return root
 
@@ -282,10 +289,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--crowd-prob", type=float, default=ShapesConfig.crowd_prob)
     parser.add_argument("--panoptic", action="store_true",
                         help="add a floor and write COCO panoptic annotations (PNGs + JSON) too")
+    parser.add_argument("--num-unlabeled", type=int, default=ShapesConfig.num_unlabeled,
+                        help="images of an unlabeled split, for semi-supervised detection (default: 0)")
     args = parser.parse_args(argv)
     root = make_shapes_dataset(
         args.out, num_train=args.num_train, num_val=args.num_val, width=args.size, height=args.size,
-        seed=args.seed, crowd_prob=args.crowd_prob, panoptic=args.panoptic,
+        seed=args.seed, crowd_prob=args.crowd_prob, panoptic=args.panoptic, num_unlabeled=args.num_unlabeled,
     )
     print(f"synthetic dataset ready in {root} ({args.num_train} train, {args.num_val} val images)")
 

@@ -55,6 +55,23 @@ def shapes_config(shapes_root: Path) -> Callable[..., Any]:
 
 
 @pytest.fixture(scope="session")
+def semi_shapes_config(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
+    """``semi_shapes_config(max_iters=8)``: ``shapes_soft_teacher.py`` on ``shapes_root``'s images (same seed) plus
+    24 unlabeled ones (``num_unlabeled``), made once per session."""
+    root = make_shapes_dataset(tmp_path_factory.mktemp("semi_shapes"),
+                               ShapesConfig(num_train=24, num_val=8, num_unlabeled=24, seed=0))
+
+    def make(max_iters: int = 8, batch_size: int = 4) -> Any:
+        cfg = replace_data_root(load_config(CONFIGS / "shapes_soft_teacher.py"), root)
+        cfg.train_dataloader.batch_size = cfg.train_dataloader.sampler.batch_size = batch_size
+        cfg.val_dataloader.batch_size = 4
+        cfg.train_cfg.max_iters = cfg.train_cfg.val_interval = max_iters
+        return cfg
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, shapes_root: Path) -> Path:
     """An mmdet-format checkpoint of the Faster R-CNN config trained (about a minute) to a mAP above 0.
 

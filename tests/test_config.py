@@ -50,8 +50,8 @@ def test_load_config_wrong_type() -> None:
 
 
 def test_load_config_unsupported_task() -> None:
-    with pytest.raises(ValueError, match="semi-supervised detection"):
-        load_config({"model": {"type": "SoftTeacher"}})
+    with pytest.raises(ValueError, match="video instance segmentation"):
+        load_config({"model": {"type": "MaskTrackRCNN"}})
 
 
 # ---------------------------------------------------------------- --cfg-options

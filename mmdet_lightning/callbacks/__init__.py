@@ -3,6 +3,7 @@ re-exported here), mmdet's ``custom_hooks`` as callbacks, the prediction writer 
 
     custom_hooks.py       callbacks_from_config: a config's ``custom_hooks`` -> the callbacks below
     ema.py                ModelEMA (EMAHook)
+    mean_teacher.py       MeanTeacher (MeanTeacherHook): semi-supervised detectors' teacher update
     pipeline_switch.py    PipelineSwitch (PipelineSwitchHook), YOLOXModeSwitch (YOLOXModeSwitchHook)
     sync_norm.py          SyncNorm (SyncNormHook)
     prediction_writer.py  DetectionWriter: ``predict`` results as COCO JSON (and drawn images)
@@ -24,6 +25,7 @@ from ..wandb import (
 )
 from .custom_hooks import callbacks_from_config
 from .ema import ModelEMA
+from .mean_teacher import MeanTeacher
 from .pipeline_switch import PipelineSwitch, YOLOXModeSwitch
 from .prediction_writer import DetectionWriter
 from .progress_bar import MMDetProgressBar, MMDetRichProgressBar
@@ -31,5 +33,5 @@ from .sync_norm import SyncNorm
 
 __all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables",
            "WandbEvalAnalytics", "DetectionWriter", "MMDetProgressBar", "MMDetRichProgressBar", "ModelEMA",
-           "PipelineSwitch", "YOLOXModeSwitch", "SyncNorm",
+           "PipelineSwitch", "YOLOXModeSwitch", "SyncNorm", "MeanTeacher",
            "callbacks_from_config", "wandb_run_id"]

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..lightning_package import pl
 from .ema import ModelEMA
+from .mean_teacher import MeanTeacher
 from .pipeline_switch import PipelineSwitch, YOLOXModeSwitch
 from .sync_norm import SyncNorm
 
@@ -21,6 +22,7 @@ HOOK_CALLBACKS: dict[str, Callable[..., pl.Callback]] = {
     "PipelineSwitchHook": PipelineSwitch,
     "YOLOXModeSwitchHook": YOLOXModeSwitch,
     "SyncNormHook": SyncNorm,
+    "MeanTeacherHook": MeanTeacher,
 }
 #: hook types whose job is already done without a callback, and by what
 COVERED_HOOKS: dict[str, str] = {

@@ -3,10 +3,13 @@
     base.py        Task: what differs by task (losses, predictions, class checks, metrics, W&B media)
     detection.py   DetectionTask: object detection and instance segmentation (``pred_instances``)
     panoptic.py    PanopticTask: panoptic segmentation (``pred_panoptic_seg``: PanopticFPN, MaskFormer, Mask2Former)
+    semi_supervised.py  SemiSupervisedTask: mmdet's SemiBaseDetector family (SoftTeacher), teacher and student
 
 Example::
     >>> task_for_model({"type": "FasterRCNN"})
     DetectionTask()
+    >>> task_for_model({"type": "SoftTeacher"})
+    SemiSupervisedTask()
     >>> task_for_model({"type": "PanopticFPN"})
     PanopticTask()
     >>> task_for_model({"type": "MaskTrackRCNN"})
@@ -23,12 +26,13 @@ from typing import Any
 from .base import Task, is_proposal_head
 from .detection import DetectionTask, other_task
 from .panoptic import PanopticTask
+from .semi_supervised import SemiSupervisedTask
 
-__all__ = ["Task", "DetectionTask", "PanopticTask", "TASKS", "register_task", "task_for_model", "task_of",
-           "is_proposal_head"]
+__all__ = ["Task", "DetectionTask", "PanopticTask", "SemiSupervisedTask", "TASKS", "register_task", "task_for_model",
+           "task_of", "is_proposal_head"]
 
 #: the task classes, asked in order; the first whose ``handles`` accepts the model trains it
-TASKS: list[type[Task]] = [PanopticTask, DetectionTask]
+TASKS: list[type[Task]] = [SemiSupervisedTask, PanopticTask, DetectionTask]
 
 
 def register_task(task: type[Task]) -> type[Task]:
@@ -45,9 +49,16 @@ def task_for_model(model_cfg: Mapping[str, Any]) -> Task:
     model_type = str(model_cfg.get("type", ""))
     raise ValueError(
         f"The config's model `{model_type}` is a {other_task(model_cfg) or 'model of an unknown task'} model; "
-        "mmdet-lightning trains object detection, instance segmentation and panoptic segmentation models only.\n"
+        f"mmdet-lightning trains {_trained()} only.\n"
         "Hint: use MMDetection's own tools/train.py for this config."
     )
+
+
+def _trained() -> str:
+    """What the registered tasks train, in words: ``object detection and instance segmentation, panoptic
+    segmentation and ... models``."""
+    names = [task.description for task in reversed(TASKS)]
+    return (", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]) + " models"
 
 
 def task_of(pl_module: Any) -> Task:

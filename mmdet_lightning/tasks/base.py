@@ -51,6 +51,8 @@ class Task:
 
     #: short name, as error messages and the model zoo sweep show it
     name: ClassVar[str] = "task"
+    #: what the task trains, as the refusal of an unsupported model lists it
+    description: ClassVar[str] = "task"
 
     @classmethod
     def handles(cls, model_cfg: Mapping[str, Any]) -> bool:
@@ -70,6 +72,32 @@ class Task:
         data = model.data_preprocessor(batch, True)
         losses = model(**data, mode="loss")
         return model.parse_losses(losses)
+
+    def check_train_data(self, loader_cfg: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` with a hint when the config's ``train_dataloader`` cannot train this task (called by
+        ``MMDetDataModule.setup("fit")``, before any data is loaded)."""
+
+    def checkpoint_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's tensors, renamed for this task's models where they need it (``load_from``)."""
+        return state
+
+    # ------------------------------------------------------------------ evaluation steps
+    def evaluated_models(self, cfg: Mapping[str, Any], stage: str) -> tuple[str, ...]:
+        """The models one evaluation of ``stage`` (``"val"``, ``"test"``) runs, as the config's loop runs them: the
+        prefix of each one's metrics (``""``: the model itself, metrics unprefixed)."""
+        return ("",)
+
+    def eval_step(self, model: Any, batch: Mapping[str, Any], stage: str, name: str = "") -> list[Any]:
+        """Predictions of the evaluated model ``name`` for one batch (mmengine's ``val_step`` / ``test_step``)."""
+        return list(model.val_step(batch) if stage == "val" else model.test_step(batch))
+
+    def step_outputs(self, model: Any, outputs: Mapping[str, list[Any]]) -> list[Any]:
+        """What a validation / test step returns to the callbacks, from each evaluated model's predictions."""
+        return next(iter(outputs.values()))
+
+    def prediction_columns(self, sample: Any, score_thr: float) -> dict[str, Instances | None]:
+        """The prediction columns of a W&B table for one predicted sample, by column name."""
+        return {"prediction": self.predicted_instances(sample, score_thr)}
 
     # ------------------------------------------------------------------ predictions
     def predictions_to_float32(self, samples: Any) -> Any:

@@ -74,6 +74,7 @@ class DetectionTask(Task):
     """
 
     name: ClassVar[str] = "detection"
+    description: ClassVar[str] = "object detection and instance segmentation"
 
     @classmethod
     def handles(cls, model_cfg: Mapping[str, Any]) -> bool:

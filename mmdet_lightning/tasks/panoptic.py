@@ -81,6 +81,7 @@ class PanopticTask(DetectionTask):
     """
 
     name: ClassVar[str] = "panoptic segmentation"
+    description: ClassVar[str] = "panoptic segmentation"
 
     def __init__(self) -> None:
         from ..panoptic_quality import install_panopticapi

@@ -38,7 +38,9 @@ class WandbDetectionTables(Callback):
     dataset's file paths, whatever the pipeline does. After the first validation they are logged once
     per run as table ``val_data`` (columns ``image_name``, ``image``: ground-truth boxes and, for
     instance segmentation models, masks) in artifact ``val`` of type ``dataset``. After every validation,
-    table ``eval_data`` (columns ``image_name``, ``ground_truth``, ``prediction``) goes to artifact
+    table ``eval_data`` (columns ``image_name``, ``ground_truth``, and the task's prediction columns:
+    ``prediction``, or ``teacher`` and ``student`` side by side for a semi-supervised model validated by
+    ``TeacherStudentValLoop``) goes to artifact
     ``run_<run id>_pred`` of type ``evaluation`` with aliases ``epoch_N`` and ``latest``. Its images are
     references to the files of ``val`` (nothing uploaded twice); its boxes are the predictions with a
     score above ``bbox_score_thr``, each with ``scores`` for the W&B slider. With ``mean_confidence``,
@@ -95,7 +97,8 @@ class WandbDetectionTables(Callback):
         self.val_logged = False
         self._val_in_run = False  # set by the worker once `val` is logged to the run
         self._by_path: dict[str, int] = {}
-        self._predictions: dict[int, Instances] = {}
+        #: the chosen images' predictions, by table column (the task's ``prediction_columns``)
+        self._predictions: dict[int, dict[str, Instances]] = {}
         self._with_masks = False
         self._val_artifact: Any = None
         self._val_images: dict[int, tuple[str, Any]] = {}
@@ -144,15 +147,18 @@ class WandbDetectionTables(Callback):
         for sample in outputs:
             self._with_masks = self._with_masks or task.has_masks(sample)
             index = self._by_path.get(str(sample.metainfo.get("img_path")))
-            instances = task.predicted_instances(sample, self.bbox_score_thr) if index is not None else None
-            if index is not None and instances is not None:
-                self._predictions[index] = instances
+            if index is None:
+                continue
+            columns = task.prediction_columns(sample, self.bbox_score_thr)
+            if any(instances is not None for instances in columns.values()):
+                self._predictions[index] = {name: instances for name, instances in columns.items()
+                                            if instances is not None}
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active(trainer):
             return
         parts = gather_objects((self._predictions, self._with_masks))
-        merged: dict[int, Instances] = {}
+        merged: dict[int, dict[str, Instances]] = {}
         for predictions, _ in parts:
             merged.update(predictions)  # padding duplicates from the samplers collapse here
         self._with_masks = any(with_masks for _, with_masks in parts)
@@ -164,7 +170,7 @@ class WandbDetectionTables(Callback):
     on_test_epoch_end = on_validation_epoch_end
 
     @rank_zero_only
-    def _log(self, trainer: pl.Trainer, dataset: Any, predictions: dict[int, Instances]) -> None:
+    def _log(self, trainer: pl.Trainer, dataset: Any, predictions: dict[int, dict[str, Instances]]) -> None:
         """Hand the tables of this validation to the worker, with everything they need read now."""
         run = self._logger.experiment
         indices = list(self.indices or [])
@@ -179,7 +185,8 @@ class WandbDetectionTables(Callback):
                            log_val, aliases)
 
     def _write_tables(self, run: Any, indices: list[int], infos: dict[int, dict[str, Any]], classes: list[str],
-                      predictions: dict[int, Instances], with_masks: bool, log_val: bool, aliases: list[str]) -> None:
+                      predictions: dict[int, dict[str, Instances]], with_masks: bool, log_val: bool,
+                      aliases: list[str]) -> None:
         """On the worker: `val` (the first time), then this validation's `run_<id>_pred`. Only the worker
         touches ``_val_images`` and ``_val_artifact``."""
         import wandb
@@ -191,16 +198,20 @@ class WandbDetectionTables(Callback):
         elif not self._val_images:  # resumed: `val` is in the run already; rebuild its images, log nothing
             self._val_table(indices, infos, classes, class_set, with_masks)
         confidence = [f"conf_{name}" for name in classes] if self.mean_confidence else []
-        table = wandb.Table(columns=["image_name", "ground_truth", "prediction", *confidence])
+        # the task's prediction columns: `prediction`, or `teacher` and `student` side by side (semi-supervised)
+        columns = list(next(iter(predictions.values()), None) or ["prediction"])
+        table = wandb.Table(columns=["image_name", "ground_truth", *columns, *confidence])
         artifact = wandb.Artifact(f"run_{run.id}_pred", type="evaluation")
         for index in indices:
             if index not in self._val_images:
                 continue
             name, gt_image = self._val_images[index]
             self._reference_val_media(artifact, gt_image)
-            pred = predictions.get(index, Instances(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0)))
-            means = mean_confidence(pred, len(classes)) if self.mean_confidence else []
-            table.add_data(name, gt_image, _wandb_image(gt_image, pred, "predictions", classes, class_set), *means)
+            preds = [predictions.get(index, {}).get(column, _NO_INSTANCES) for column in columns]
+            means = mean_confidence(preds[0], len(classes)) if self.mean_confidence else []
+            images = [_wandb_image(gt_image, pred, "predictions" if column == "prediction" else f"{column}_predictions",
+                                   classes, class_set) for column, pred in zip(columns, preds, strict=True)]
+            table.add_data(name, gt_image, *images, *means)
         artifact.add(table, self.PRED_TABLE)
         run.log_artifact(artifact, aliases=aliases)
 
@@ -275,6 +286,9 @@ class WandbDetectionTables(Callback):
         self.val_logged = bool(state_dict.get("val_logged", False)) and getattr(self, "_stage", "fit") == "fit"
         if self.val_logged:
             self._val_in_run = True
+
+
+_NO_INSTANCES = Instances(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0))
 
 
 def _dataset(trainer: pl.Trainer) -> Any:
