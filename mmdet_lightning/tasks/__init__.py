@@ -2,6 +2,7 @@
 
     base.py        Task: what differs by task (losses, predictions, class checks, metrics, W&B media)
     detection.py   DetectionTask: object detection and instance segmentation (``pred_instances``)
+    grounding.py   GroundingTask: GLIP, Grounding DINO, MM-Grounding-DINO (detection prompted with text)
 
 Example::
     >>> task_for_model({"type": "FasterRCNN"})
@@ -19,11 +20,12 @@ from typing import Any
 
 from .base import Task, is_proposal_head
 from .detection import DetectionTask, other_task
+from .grounding import GroundingTask
 
-__all__ = ["Task", "DetectionTask", "TASKS", "register_task", "task_for_model", "task_of", "is_proposal_head"]
+__all__ = ["Task", "DetectionTask", "GroundingTask", "TASKS", "register_task", "task_for_model", "task_of", "is_proposal_head"]
 
 #: the task classes, asked in order; the first whose ``handles`` accepts the model trains it
-TASKS: list[type[Task]] = [DetectionTask]
+TASKS: list[type[Task]] = [GroundingTask, DetectionTask]
 
 
 def register_task(task: type[Task]) -> type[Task]:

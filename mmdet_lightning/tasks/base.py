@@ -59,6 +59,10 @@ class Task:
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
+    def check_config(self, cfg: Any) -> None:
+        """Raise a clear error for what would fail inside mmdet once the model is built from ``cfg`` (called by
+        ``MMDetModule`` before it builds the model; nothing to check by default)."""
+
     # ------------------------------------------------------------------ training
     def losses(self, model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The total loss and every logged term of one batch, as mmengine's ``BaseModel.train_step`` computes

@@ -1,0 +1,100 @@
+"""Grounding (open-vocabulary) detection: mmdet's ``GLIP`` and ``GroundingDINO`` (MM-Grounding-DINO is a
+``GroundingDINO`` config), prompted with text.
+
+The detectors score boxes against the tokens of a text prompt: with ``return_classes=True`` on a COCO-format
+dataset the prompt is the class names (``"circle . square . triangle ."``) and the predictions' ``labels`` are
+class indices, so mmdet's ``CocoMetric`` evaluates them as any detector's. Their heads' ``num_classes`` is not a
+class count (Grounding DINO's is the text length, 256), so the class check compares the prompt with the
+language model's limits instead. What this adds to detection:
+
+- the language model (``lang_model_name``) and the prompt are checked before the model is built
+  (:mod:`mmdet_lightning.language_model`): a model that cannot be loaded, an empty prompt or a word its
+  tokenizer cannot split stop with the fix named;
+- predictions carry the phrase of each box (``pred_instances.label_names``, as mmdet's ``DetInferencer`` keeps
+  them): the W&B tables and the prediction writer show the phrases, not the dataset's classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from .detection import DetectionTask, other_task
+
+if TYPE_CHECKING:
+    from ..wandb.media import Instances
+
+__all__ = ["GroundingTask", "TEXT_TOKEN_HEADS"]
+
+_GROUNDING = "grounding (open-vocabulary) detection"
+#: heads whose ``num_classes`` is the length of the text (token) dimension, not a class count
+TEXT_TOKEN_HEADS: tuple[str, ...] = ("GroundingDINOHead", "ATSSVLFusionHead", "ContrastiveEmbed")
+
+
+class GroundingTask(DetectionTask):
+    """``GLIP`` and ``GroundingDINO`` (and MM-Grounding-DINO): detection scored against a text prompt.
+
+    Example::
+        >>> GroundingTask.handles({"type": "GroundingDINO"}), GroundingTask.handles({"type": "FasterRCNN"})
+        (True, False)
+        >>> GroundingTask().name
+        'grounding'
+    """
+
+    name: ClassVar[str] = "grounding"
+
+    @classmethod
+    def handles(cls, model_cfg: Mapping[str, Any]) -> bool:
+        return other_task(model_cfg) == _GROUNDING
+
+    def check_config(self, cfg: Any) -> None:
+        """The language model (``lang_model_name``) loads, and the datasets' classes (the training prompt) are
+        words its tokenizer can split (:mod:`mmdet_lightning.language_model`): a ``LanguageModelError`` naming
+        the fix otherwise, before anything is built."""
+        from ..config import leaf_dataset_cfgs
+        from ..language_model import check_prompt, language_model_name, load_tokenizer
+
+        name = language_model_name(cfg.model)
+        if name is None:
+            return
+        tokenizer = load_tokenizer(name)
+        for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+            for dataset in leaf_dataset_cfgs((cfg.get(key) or {}).get("dataset", {})):
+                classes = (dataset.get("metainfo") or {}).get("classes")
+                if classes and dataset.get("return_classes"):
+                    check_prompt(tokenizer, list(classes), where=f"the {key}'s classes (its prompt)")
+
+    def class_counts(self, model: torch.nn.Module) -> dict[str, int]:
+        """None: the heads of text-token models (``GroundingDINOHead``, GLIP's ``ATSSVLFusionHead``) score tokens
+        of the prompt, their ``num_classes`` is not a class count."""
+        counts = super().class_counts(model)
+        token_heads = [name for name, module in model.named_modules() if type(module).__name__ in TEXT_TOKEN_HEADS]
+        return {name: n for name, n in counts.items()
+                if not any(name == head or name.startswith(head + ".") for head in token_heads)}
+
+    def check_classes(self, model: torch.nn.Module, classes: Any, stage: str) -> None:
+        """The dataset's classes are the prompt: each must be a phrase the model's tokenizer can split."""
+        from ..language_model import check_prompt
+
+        tokenizer = getattr(getattr(model, "language_model", None), "tokenizer", None)
+        if tokenizer is not None:
+            check_prompt(tokenizer, list(classes), where=f"the {stage} dataset's classes (the prompt)")
+
+    def predicted_instances(self, sample: Any, score_thr: float) -> Instances | None:
+        instances = super().predicted_instances(sample, score_thr)
+        if instances is not None:
+            instances.names = prediction_phrases(sample, score_thr)
+        return instances
+
+
+def prediction_phrases(sample: Any, score_thr: float = -1.0) -> list[str] | None:
+    """The phrase of each prediction of ``sample`` with score > ``score_thr`` (mmdet's ``label_names``: the
+    prompt's entity that each box matched), or None when the model did not name them."""
+    pred = getattr(sample, "pred_instances", None)
+    names: Sequence[str] | None = None if pred is None else pred.get("label_names")
+    if names is None:
+        return None
+    keep = (pred.scores > score_thr).cpu().tolist()
+    return [str(name) for name, kept in zip(names, keep, strict=True) if kept]
