@@ -26,11 +26,9 @@ from .detection import DetectionTask, other_task
 if TYPE_CHECKING:
     from ..wandb.media import Instances
 
-__all__ = ["GroundingTask", "TEXT_TOKEN_HEADS"]
+__all__ = ["GroundingTask", "prediction_phrases"]
 
 _GROUNDING = "grounding (open-vocabulary) detection"
-#: heads whose ``num_classes`` is the length of the text (token) dimension, not a class count
-TEXT_TOKEN_HEADS: tuple[str, ...] = ("GroundingDINOHead", "ATSSVLFusionHead", "ContrastiveEmbed")
 
 
 class GroundingTask(DetectionTask):
@@ -67,12 +65,10 @@ class GroundingTask(DetectionTask):
                     check_prompt(tokenizer, list(classes), where=f"the {key}'s classes (its prompt)")
 
     def class_counts(self, model: torch.nn.Module) -> dict[str, int]:
-        """None: the heads of text-token models (``GroundingDINOHead``, GLIP's ``ATSSVLFusionHead``) score tokens
-        of the prompt, their ``num_classes`` is not a class count."""
-        counts = super().class_counts(model)
-        token_heads = [name for name, module in model.named_modules() if type(module).__name__ in TEXT_TOKEN_HEADS]
-        return {name: n for name, n in counts.items()
-                if not any(name == head or name.startswith(head + ".") for head in token_heads)}
+        """None: every head of a grounding model scores the tokens of the prompt (``GroundingDINOHead`` and its
+        denoising query generator, GLIP's ``ATSSVLFusionHead``); their ``num_classes`` is the text length (256 in
+        mmdet's configs), not a class count. The prompt is checked instead (:meth:`check_classes`)."""
+        return {}
 
     def check_classes(self, model: torch.nn.Module, classes: Any, stage: str) -> None:
         """The dataset's classes are the prompt: each must be a phrase the model's tokenizer can split."""
