@@ -3,19 +3,21 @@ Runner, prompting with one's own text, and the errors for a language model or a 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-pytest.importorskip("transformers")
+from mmdet_lightning import MMDetDataModule, MMDetModule
+from mmdet_lightning.cli import run
+from mmdet_lightning.language_model import LanguageModelError
+from mmdet_lightning.lightning_package import pl
+from mmdet_lightning.tasks import GroundingTask, task_for_model
+from mmdet_lightning.wandb.records import artifacts, find_run_file, read_records
 
-from mmdet_lightning import MMDetDataModule, MMDetModule  # noqa: E402
-from mmdet_lightning.language_model import LanguageModelError  # noqa: E402
-from mmdet_lightning.lightning_package import pl  # noqa: E402
-from mmdet_lightning.tasks import GroundingTask, task_for_model  # noqa: E402
-
-from .test_runner_equivalence import RunnerRecorder, TrainerRecorder  # noqa: E402
+from .conftest import CONFIGS, REPO
+from .test_runner_equivalence import RunnerRecorder, TrainerRecorder
 
 CONFIG = "shapes_grounding_dino.py"
 MAX_EPOCHS = 2  # 24 images (some empty, filtered out), batches of 4: 5-6 iterations an epoch
@@ -107,3 +109,59 @@ def test_class_the_tokenizer_cannot_split_is_named_at_construction(shapes_config
     with pytest.raises(LanguageModelError, match=r"(?s)cannot split.*\['hexagon'\].*Hint"):
         MMDetModule(cfg)
 
+
+
+def test_empty_prompt_is_named_when_the_data_module_is_made(shapes_config: Any) -> None:
+    with pytest.raises(LanguageModelError, match=r"(?s)holds no phrase.*Hint"):
+        MMDetDataModule(shapes_config(CONFIG), text=" . ")
+
+
+def test_prompt_word_the_tokenizer_cannot_split_is_named(shapes_config: Any) -> None:
+    with pytest.raises(LanguageModelError, match=r"(?s)cannot split.*\['hexagon'\].*Hint: use words of its vocab"):
+        MMDetDataModule(shapes_config(CONFIG), text="ring . hexagon .")
+
+
+def test_prompt_for_a_model_without_text_is_refused(shapes_config: Any) -> None:
+    with pytest.raises(LanguageModelError, match=r"(?s)takes no text.*Hint"):
+        MMDetDataModule(shapes_config("shapes_retinanet.py"), text="ring .")
+
+
+# ---------------------------------------------------------------------------------------------- CLI, W&B, predict
+def _eval_rows(artifact: Any) -> tuple[list[str], list[list[Any]]]:
+    entry = next(e for e in artifact.manifest.contents if e.path == "eval_data.table.json")
+    table = json.loads(Path(entry.local_path).read_text())
+    return table["columns"], table["data"]
+
+
+@pytest.mark.slow
+def test_fine_tune_then_prompt_with_the_cli_and_wandb(shapes_root: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mmdet-lightning fit`` with the shipped YAML (W&B offline) logs the prompt and the phrases, then
+    ``predict --text`` with a prompt that is not the training classes (another word, a subset, another order)
+    gives back the phrases as typed."""
+    monkeypatch.chdir(tmp_path)
+    common = ["--config", str(REPO / "configs" / "lightning" / "shapes_grounding_dino.yaml"),
+              "--model.config", str(CONFIGS / CONFIG), "--model.data_root", str(shapes_root)]
+    run(["fit", *common, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"])
+    work = tmp_path / "work_dirs" / "shapes_grounding_dino"
+    logged = artifacts(read_records(find_run_file(work / "wandb")))
+    training_prompt = "circle . square . triangle ."
+
+    models = [a for a in logged if a.type == "model"]
+    assert models and all(json.loads(a.metadata)["prompt"] == training_prompt for a in models)
+    evaluation = [a for a in logged if a.type == "evaluation"][-1]
+    assert json.loads(evaluation.metadata)["prompt"] == training_prompt
+    columns, rows = _eval_rows(evaluation)
+    assert columns[:5] == ["image_name", "ground_truth", "prediction", "prompt", "phrases"]
+    assert len(rows) == 8 and {row[3] for row in rows} == {training_prompt}
+    phrases = {p for row in rows for p in row[4].split(" | ") if p}
+    assert phrases <= {"circle", "square", "triangle"}
+
+    out = tmp_path / "prompted"
+    run(["predict", *common, "--ckpt_path", str(work / "checkpoints" / "last.ckpt"), "--data.predict_folder",
+         str(shapes_root / "val"), "--trainer.default_root_dir", str(out), "--text", "ring . square . circle ."])
+    results = json.loads((out / "predictions" / "results.bbox.json").read_text())
+    assert len(results) == 8 * 50  # max_per_img boxes an image, every one named
+    assert {r["phrase"] for r in results} == {"ring", "square", "circle"}
+    # category ids: the dataset's class of the phrase (square 2, circle 1); "ring" is no class: its place + 1
+    assert {(r["phrase"], r["category_id"]) for r in results} == {("ring", 1), ("square", 2), ("circle", 1)}

@@ -13,6 +13,7 @@ from ..lightning_package import pl
 from ..tasks import DetectionTask, Task, task_of
 from ..utilities import first_dataset, gather_objects
 from ..wandb._common import check_unit_interval
+from ..wandb.media import instance_name
 
 BasePredictionWriter = pl.callbacks.BasePredictionWriter
 
@@ -27,7 +28,9 @@ class DetectionWriter(BasePredictionWriter):
     ``pycocotools.COCO.loadRes``) and one PNG per image with its predicted boxes (and masks) drawn.
 
     Category ids are the dataset's (``cat_ids`` of mmdet's ``CocoDataset``), else ``label + 1``; image ids
-    are the samples' ``img_id``. Boxes with a score above ``score_thr`` are drawn; all go into the JSON.
+    are the samples' ``img_id``. A grounding detector's results also keep the ``phrase`` of the prompt each box
+    matched (and are drawn with it); its category is the dataset's class of that name, else ``label + 1`` (the
+    phrase's place in the prompt). Boxes with a score above ``score_thr`` are drawn; all go into the JSON.
     Under DDP every process draws its own images and rank 0 writes the JSON of all of them, each image
     once (the samplers' padding repeats a few).
 
@@ -69,13 +72,26 @@ class DetectionWriter(BasePredictionWriter):
             assert everything.scores is not None  # predictions always have scores
             image_id = sample.metainfo.get("img_id")
             results = self._results.setdefault(image_id, [])
-            for box, label, score in zip(everything.boxes.tolist(), everything.labels.tolist(),
-                                         everything.scores.tolist(), strict=True):
-                category = self._cat_ids[label] if label < len(self._cat_ids) else label + 1
-                results.append({"image_id": image_id, "category_id": int(category), "score": float(score),
-                                     "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
+            for index, (box, score) in enumerate(zip(everything.boxes.tolist(), everything.scores.tolist(),
+                                                     strict=True)):
+                result = {"image_id": image_id, "category_id": self._category(everything, index),
+                          "score": float(score), "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}
+                if everything.names is not None:
+                    result["phrase"] = everything.names[index]
+                results.append(result)
             if self.draw:
                 self._draw(sample)
+
+    def _category(self, instances: Any, index: int) -> int:
+        """The COCO category id of instance ``index``: by its phrase when it has one (a grounding detector's, whose
+        labels index the prompt), else by its label."""
+        label = int(instances.labels[index])
+        if instances.names is not None:
+            name = instances.names[index]
+            if name not in self._classes:
+                return label + 1
+            label = self._classes.index(name)
+        return int(self._cat_ids[label]) if label < len(self._cat_ids) else label + 1
 
     def _draw(self, sample: Any) -> None:
         from PIL import Image, ImageDraw
@@ -94,9 +110,10 @@ class DetectionWriter(BasePredictionWriter):
             image = Image.fromarray(pixels)
         draw = ImageDraw.Draw(image)
         assert shown.scores is not None  # predictions always have scores
-        for box, label, score in zip(shown.boxes.tolist(), shown.labels.tolist(), shown.scores.tolist(), strict=True):
+        for index, (box, label, score) in enumerate(zip(shown.boxes.tolist(), shown.labels.tolist(),
+                                                         shown.scores.tolist(), strict=True)):
             colour = _COLOURS[label % len(_COLOURS)]
-            name = self._classes[label] if label < len(self._classes) else str(label)
+            name = instance_name(shown, index, self._classes)
             draw.rectangle(box, outline=colour, width=2)
             draw.text((box[0] + 2, box[1] + 1), f"{name} {score:.2f}", fill=colour)
         image.save(self.output_dir / f"{path.stem}.png")

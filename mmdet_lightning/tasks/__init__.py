@@ -22,7 +22,8 @@ from .base import Task, is_proposal_head
 from .detection import DetectionTask, other_task
 from .grounding import GroundingTask
 
-__all__ = ["Task", "DetectionTask", "GroundingTask", "TASKS", "register_task", "task_for_model", "task_of", "is_proposal_head"]
+__all__ = ["Task", "DetectionTask", "GroundingTask", "TASKS", "register_task", "task_for_model", "task_of",
+           "is_proposal_head"]
 
 #: the task classes, asked in order; the first whose ``handles`` accepts the model trains it
 TASKS: list[type[Task]] = [GroundingTask, DetectionTask]

@@ -80,6 +80,10 @@ class Task:
         """What a W&B table or the prediction writer shows of one predicted sample (None: nothing to show)."""
         return None
 
+    def artifact_metadata(self) -> dict[str, Any]:
+        """What the W&B model artifacts' metadata adds for this task (a grounding model's training prompt)."""
+        return {}
+
     def has_masks(self, sample: Any) -> bool:
         """Whether the predictions of ``sample`` carry masks (W&B tables then draw them)."""
         return False

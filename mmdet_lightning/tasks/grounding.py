@@ -26,7 +26,7 @@ from .detection import DetectionTask, other_task
 if TYPE_CHECKING:
     from ..wandb.media import Instances
 
-__all__ = ["GroundingTask", "prediction_phrases"]
+__all__ = ["GroundingTask", "prediction_phrases", "prompt_text"]
 
 _GROUNDING = "grounding (open-vocabulary) detection"
 
@@ -43,9 +43,23 @@ class GroundingTask(DetectionTask):
 
     name: ClassVar[str] = "grounding"
 
+    def __init__(self) -> None:
+        #: the prompt of the latest training batch (for the model artifacts' metadata)
+        self.prompt: str | None = None
+
     @classmethod
     def handles(cls, model_cfg: Mapping[str, Any]) -> bool:
         return other_task(model_cfg) == _GROUNDING
+
+    def losses(self, model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        samples = batch.get("data_samples") or []
+        if samples:
+            self.prompt = prompt_text(samples[0].metainfo.get("text"))
+        return super().losses(model, batch)
+
+    def artifact_metadata(self) -> dict[str, Any]:
+        """``{"prompt": ...}``: the text the model was trained with (``"circle . square . triangle ."``)."""
+        return {"prompt": self.prompt} if self.prompt else {}
 
     def check_config(self, cfg: Any) -> None:
         """The language model (``lang_model_name``) loads, and the datasets' classes (the training prompt) are
@@ -82,7 +96,21 @@ class GroundingTask(DetectionTask):
         instances = super().predicted_instances(sample, score_thr)
         if instances is not None:
             instances.names = prediction_phrases(sample, score_thr)
+            instances.prompt = prompt_text(sample.metainfo.get("text"))
         return instances
+
+
+def prompt_text(text: str | Sequence[str] | None) -> str | None:
+    """A sample's ``text`` as one prompt string: phrases (``return_classes``, a ``SetTextPrompt`` list) joined as
+    mmdet joins them into a caption.
+
+    Example::
+        >>> prompt_text(("circle", "square")), prompt_text("disc . ring ."), prompt_text(None)
+        ('circle . square .', 'disc . ring .', None)
+    """
+    if text is None or isinstance(text, str):
+        return text
+    return " . ".join(str(phrase) for phrase in text) + " ."
 
 
 def prediction_phrases(sample: Any, score_thr: float = -1.0) -> list[str] | None:
@@ -90,7 +118,7 @@ def prediction_phrases(sample: Any, score_thr: float = -1.0) -> list[str] | None
     prompt's entity that each box matched), or None when the model did not name them."""
     pred = getattr(sample, "pred_instances", None)
     names: Sequence[str] | None = None if pred is None else pred.get("label_names")
-    if names is None:
+    if pred is None or names is None:
         return None
     keep = (pred.scores > score_thr).cpu().tolist()
     return [str(name) for name, kept in zip(names, keep, strict=True) if kept]

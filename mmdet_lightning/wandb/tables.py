@@ -44,8 +44,11 @@ class WandbDetectionTables(Callback):
     references to the files of ``val`` (nothing uploaded twice); its boxes are the predictions with a
     score above ``bbox_score_thr``, each with ``scores`` for the W&B slider. With ``mean_confidence``,
     one more column a class, ``conf_<class>``: the mean score of that class's predictions in the table's
-    image (None when it has none), as YOLOv5's evaluation table. ``trainer.validate`` and ``trainer.test``
-    log both tables too (on the test set for ``test``), with aliases ``validate`` / ``test`` and ``latest``.
+    image (None when it has none), as YOLOv5's evaluation table. A grounding detector's table has two more
+    columns, ``prompt`` (the image's text prompt) and ``phrases`` (the phrase of each box shown, ``" | "``-joined;
+    the boxes' captions are the phrases too), and the artifact's metadata has the ``prompt``. ``trainer.validate``
+    and ``trainer.test`` log both tables too (on the test set for ``test``), with aliases ``validate`` / ``test``
+    and ``latest``.
 
     Lifecycle::
 
@@ -190,8 +193,12 @@ class WandbDetectionTables(Callback):
         elif not self._val_images:  # resumed: `val` is in the run already; rebuild its images, log nothing
             self._val_table(indices, infos, classes, class_set, with_masks)
         confidence = [f"conf_{name}" for name in classes] if self.mean_confidence else []
-        table = wandb.Table(columns=["image_name", "ground_truth", "prediction", *confidence])
-        artifact = wandb.Artifact(f"run_{run.id}_pred", type="evaluation")
+        # a grounding model's predictions: the prompt of each image and the phrase of each box shown
+        prompts = sorted({pred.prompt for pred in predictions.values() if pred.prompt is not None})
+        prompted = ["prompt", "phrases"] if prompts else []
+        table = wandb.Table(columns=["image_name", "ground_truth", "prediction", *prompted, *confidence])
+        metadata = {"prompt": prompts[0] if len(prompts) == 1 else prompts} if prompts else None
+        artifact = wandb.Artifact(f"run_{run.id}_pred", type="evaluation", metadata=metadata)
         for index in indices:
             if index not in self._val_images:
                 continue
@@ -199,7 +206,9 @@ class WandbDetectionTables(Callback):
             self._reference_val_media(artifact, gt_image)
             pred = predictions.get(index, Instances(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0)))
             means = mean_confidence(pred, len(classes)) if self.mean_confidence else []
-            table.add_data(name, gt_image, _wandb_image(gt_image, pred, "predictions", classes, class_set), *means)
+            phrases = [pred.prompt, " | ".join(pred.names or [])] if prompted else []
+            table.add_data(name, gt_image, _wandb_image(gt_image, pred, "predictions", classes, class_set), *phrases,
+                           *means)
         artifact.add(table, self.PRED_TABLE)
         run.log_artifact(artifact, aliases=aliases)
 
