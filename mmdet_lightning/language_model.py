@@ -148,7 +148,7 @@ def make_tiny_bert(folder: str | Path, words: Sequence[str] = TINY_BERT_WORDS, h
     (folder / "vocab.txt").write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
     config = BertConfig(vocab_size=len(vocabulary), hidden_size=hidden_size, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=2 * hidden_size, max_position_embeddings=128)
+                        num_attention_heads=2, intermediate_size=2 * hidden_size, max_position_embeddings=512)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         BertModel(config, add_pooling_layer=False).save_pretrained(folder)

@@ -165,3 +165,16 @@ def test_fine_tune_then_prompt_with_the_cli_and_wandb(shapes_root: Path, tmp_pat
     assert {r["phrase"] for r in results} == {"ring", "square", "circle"}
     # category ids: the dataset's class of the phrase (square 2, circle 1); "ring" is no class: its place + 1
     assert {(r["phrase"], r["category_id"]) for r in results} == {("ring", 1), ("square", 2), ("circle", 1)}
+
+
+def test_python_predict_with_phrases_in_another_order(shapes_config: Any, tmp_path: Path) -> None:
+    """``MMDetDataModule(text=[...])`` on the test set: a subset of the classes in another order is the prompt
+    of every image, and each box's phrase is one of them, as typed."""
+    cfg = shapes_config(CONFIG)
+    module = MMDetModule(cfg)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+    batches = trainer.predict(module, datamodule=MMDetDataModule(cfg, text=["Square", "circle "]))
+    samples = [sample for batch in batches for sample in batch]
+    assert len(samples) == 8 and {sample.text for sample in samples} == {("Square", "circle")}
+    names = [name for sample in samples for name in sample.pred_instances.label_names]
+    assert len(names) == 8 * 50 and set(names) == {"Square", "circle"}
