@@ -17,7 +17,6 @@ from mmdet_lightning.tasks import TASKS, DetectionTask, Task, is_proposal_head, 
 @pytest.mark.parametrize("model_cfg, task", [
     ({"type": "PanopticFPN"}, "panoptic segmentation"),
     ({"type": "SoftTeacher"}, "semi-supervised detection"),
-    ({"type": "GroundingDINO"}, "grounding (open-vocabulary) detection"),
     ({"type": "MaskTrackRCNN"}, "video instance segmentation"),
     ({"type": "MyDetector", "panoptic_head": {}}, "panoptic segmentation"),
     ({"type": "MyDetector", "tracker": {}}, "tracking"),
