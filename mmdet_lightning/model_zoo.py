@@ -95,7 +95,9 @@ REPRESENTATIVES: dict[str, str] = {
     "maskformer": "maskformer_r50_ms-16xb1-75e_coco.py",
     "masktrack_rcnn": "masktrack-rcnn_mask-rcnn_r50_fpn_8xb1-12e_youtubevis2019.py",
     "misc": "d2_faster-rcnn_r50-caffe_fpn_ms-90k_coco.py",
-    "mm_grounding_dino": "grounding_dino_swin-t_pretrain_obj365.py",
+    # the COCO fine-tuning config (what fine-tuning on one's own COCO-format data runs); the pretraining configs
+    # read ODVG data (ODVGDataset, RandomSamplingNegPos label maps) that the sweep does not make
+    "mm_grounding_dino": "coco/grounding_dino_swin-t_finetune_16xb4_1x_coco.py",
     "ms_rcnn": "ms-rcnn_r50_fpn_1x_coco.py",
     "nas_fcos": "nas-fcos_r50-caffe_fpn_nashead-gn-head_4xb4-1x_coco.py",
     "nas_fpn": "retinanet_r50_nasfpn_crop640-50e_coco.py",
