@@ -32,7 +32,12 @@ _INSTALL_HINT = "Hint: install the grounding extra: pip install 'mmdet-lightning
 
 
 class LanguageModelError(ValueError):
-    """The language model of a grounding config cannot be loaded, or a prompt does not fit its tokenizer."""
+    """The language model of a grounding config cannot be loaded, or a prompt does not fit its tokenizer.
+
+    Example::
+        >>> issubclass(LanguageModelError, ValueError)
+        True
+    """
 
 
 def language_model_name(model_cfg: Any) -> str | None:
