@@ -5,6 +5,7 @@
     mmdet-lightning fit configs/mmdet/shapes_faster_rcnn.py --cfg-options optim_wrapper.optimizer.lr=0.01
     mmdet-lightning validate --config configs/lightning/shapes_faster_rcnn.yaml --ckpt_path last.ckpt
     mmdet-lightning predict --config ... --ckpt_path last.ckpt --data.predict_folder my_images/
+    mmdet-lightning predict --config ... --ckpt_path last.ckpt --data.predict_folder my_images/ --text "disc . ring ."
     mmdet-lightning data --out data/shapes                            # write the synthetic dataset
     mmdet-lightning export configs/mmdet/shapes_faster_rcnn.py --ckpt_path model.pth --output model.onnx
     mmdet-lightning predict model.onnx my_images/ --output predictions/ # onnxruntime only (no torch needed)
@@ -183,6 +184,9 @@ def run(argv: Sequence[str] | None = None) -> "MMDetLightningCLI | None":
         _print_help()
         return None
     args, cfg_options = _take_cfg_options(_mmdet_config_as_positional(args))
+    # `predict --text "disc . ring ."`: the prompt of a grounding detector, MMDetDataModule's `text`
+    args = ["--data.text" + arg[len("--text"):] if arg == "--text" or arg.startswith("--text=") else arg
+            for arg in args]
     if len(args) >= 2 and args[0] in SUBCOMMANDS and _is_mmdet_config(args[1]):
         subcommand, config_path, rest = args[0], args[1], args[2:]
         derived = lightning_config_from_mmdet(config_path, subcommand, cfg_options)

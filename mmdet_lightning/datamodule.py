@@ -51,6 +51,9 @@ class MMDetDataModule(pl.LightningDataModule):
         seed: seed of the samplers and workers; defaults to the seed of ``pl.seed_everything``, then the
             config's ``randomness.seed``.
         predict_folder: predict on the images of this folder (no annotations needed) instead of the test set.
+        text: the prompt of a grounding detector (GLIP, Grounding DINO) for ``predict``, instead of the dataset's
+            classes: ``"disc . ring ."`` or a list of phrases; the predictions' ``label_names`` are its phrases.
+            Checked against the language model's tokenizer here (:mod:`mmdet_lightning.prompt`).
         data_root: dataset folder to use instead of the config's ``data_root``.
         global_batch_size: training images per step over all processes; each process then loads
             ``global_batch_size / world_size`` (instead of the config's per-process ``train_dataloader.batch_size``),
@@ -70,7 +73,8 @@ class MMDetDataModule(pl.LightningDataModule):
 
     def __init__(self, config: ConfigLike, seed: int | None = None, predict_folder: str | None = None,
                  data_root: str | None = None, global_batch_size: int | None = None,
-                 cfg_options: dict[str, Any] | list[str] | None = None) -> None:
+                 cfg_options: dict[str, Any] | list[str] | None = None,
+                 text: str | list[str] | None = None) -> None:
         check_one_package(type(self).__name__)
         super().__init__()
         if global_batch_size is not None and (not isinstance(global_batch_size, int) or global_batch_size < 1):
@@ -81,6 +85,12 @@ class MMDetDataModule(pl.LightningDataModule):
             replace_data_root(self.cfg, data_root)
         self.seed = seed
         self.predict_folder = predict_folder
+        #: the phrases of ``text`` (None: the datasets' own prompts)
+        self.text: list[str] | None = None
+        if text is not None:
+            from .prompt import checked_prompt
+
+            self.text = checked_prompt(self.cfg, text)
         #: bad training files met in this process (path -> reason) and how many samples were replaced
         self.bad_data = BadDataReport()
         self._train_batches: ResumableBatchSampler | None = None
@@ -202,8 +212,16 @@ class MMDetDataModule(pl.LightningDataModule):
         return self._build("test_dataloader")
 
     def predict_dataloader(self) -> DataLoader:
+        from .prompt import SetTextPrompt
+
+        prompt = [] if self.text is None else [dict(type=SetTextPrompt, text=self.text)]
         if self.predict_folder is None:
-            return self._build("test_dataloader")
+            if not prompt:
+                return self._build("test_dataloader")
+            loader = copy.deepcopy(self.cfg.test_dataloader)
+            for dataset_cfg in leaf_dataset_cfgs(loader.dataset):
+                dataset_cfg["pipeline"] = prompt + list(dataset_cfg.get("pipeline", []))
+            return self._build_from(loader)
         # the test loader, with the folder's images and the test pipeline without annotations
         loader = copy.deepcopy(self.cfg.test_dataloader)
         dataset = loader.dataset
@@ -211,7 +229,7 @@ class MMDetDataModule(pl.LightningDataModule):
             dataset = dataset.dataset
         pipeline = [step for step in dataset.get("pipeline", []) if step.get("type") != "LoadAnnotations"]
         loader.dataset = dict(type=DetImageFolder, folder=self.predict_folder, metainfo=dataset.get("metainfo"),
-                              pipeline=pipeline)
+                              pipeline=prompt + pipeline)
         loader.sampler = dict(type="DefaultSampler", shuffle=False)
         loader.pop("batch_sampler", None)
         return self._build_from(loader)

@@ -95,7 +95,9 @@ REPRESENTATIVES: dict[str, str] = {
     "maskformer": "maskformer_r50_ms-16xb1-75e_coco.py",
     "masktrack_rcnn": "masktrack-rcnn_mask-rcnn_r50_fpn_8xb1-12e_youtubevis2019.py",
     "misc": "d2_faster-rcnn_r50-caffe_fpn_ms-90k_coco.py",
-    "mm_grounding_dino": "grounding_dino_swin-t_pretrain_obj365.py",
+    # the COCO fine-tuning config (what fine-tuning on one's own COCO-format data runs); the pretraining configs
+    # read ODVG data (ODVGDataset, RandomSamplingNegPos label maps) that the sweep does not make
+    "mm_grounding_dino": "coco/grounding_dino_swin-t_finetune_16xb4_1x_coco.py",
     "ms_rcnn": "ms-rcnn_r50_fpn_1x_coco.py",
     "nas_fcos": "nas-fcos_r50-caffe_fpn_nashead-gn-head_4xb4-1x_coco.py",
     "nas_fpn": "retinanet_r50_nasfpn_crop640-50e_coco.py",
@@ -373,18 +375,47 @@ def adapt_to_dataset(cfg: Config, data_root: str | Path, classes: Sequence[str],
         for dataset in leaf_dataset_cfgs(loader["dataset"]):
             pipeline = dataset.get("pipeline")
             test_mode = dataset.get("test_mode", split == "val")
+            return_classes = dataset.get("return_classes")  # grounding: the class names are the prompt
             dataset.clear()
             dataset.update(type="CocoDataset", data_root=root, ann_file=f"annotations/instances_{split}.json",
                            data_prefix=dict(img=f"{split}/"), metainfo=dict(classes=classes), test_mode=test_mode,
                            filter_cfg=dict(filter_empty_gt=True, min_size=4), backend_args=None)
+            if return_classes is not None:
+                dataset["return_classes"] = return_classes
             if pipeline is not None:
                 dataset["pipeline"] = pipeline
     for key in ("val_evaluator", "test_evaluator"):
         if cfg.get(key) is not None:
             cfg[key] = dict(type="CocoMetric", ann_file=root + "annotations/instances_val.json",
                             metric=_coco_metrics(cfg[key], with_mask), backend_args=None)
+    _use_local_language_model(cfg, root + TINY_BERT_FOLDER)
     cfg.data_root = root
     return cfg
+
+
+#: the folder under the dataset's root where the sweep writes a tiny BERT for grounding models
+TINY_BERT_FOLDER = "tiny_bert"
+
+
+def _use_local_language_model(cfg: Config, folder: str) -> None:
+    """Grounding models (GLIP, Grounding DINO) load their language model from ``folder`` (a tiny BERT,
+    :func:`~mmdet_lightning.language_model.make_tiny_bert`) instead of downloading ``bert-base-uncased``."""
+    def visit(node: dict) -> None:
+        for key in ("lang_model_name", "tokenizer_name"):  # GLIP's head; the ODVG pipelines' RandomSamplingNegPos
+            if key in node:
+                node[key] = folder
+        if node.get("type") == "BertModel" and "name" in node:
+            node["name"] = folder
+
+    _walk(cfg.model, visit)
+    if "language_model" in cfg.model and cfg.model.get("num_queries", 0) > 100:
+        # Grounding DINO's 900 queries are picked (top-k) among the encoder's positions: more than 128-512 px
+        # images have
+        cfg.model.num_queries = 100
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader", "train_pipeline", "test_pipeline"):
+        _walk(cfg.get(key), visit)
+    if "lang_model_name" in cfg:
+        cfg.lang_model_name = folder
 
 
 def _coco_metrics(evaluator: Any, with_mask: bool) -> list[str]:
@@ -475,7 +506,12 @@ def _load_adapted(family: str, data_root: str | Path, max_side: int = 128) -> Co
     from .synthetic import CLASSES
 
     init_mmdet_scope()
-    return adapt_to_dataset(Config.fromfile(str(family_config(family))), data_root, CLASSES, max_side=max_side)
+    cfg = adapt_to_dataset(Config.fromfile(str(family_config(family))), data_root, CLASSES, max_side=max_side)
+    if (cfg.get("model") or {}).get("language_model"):
+        from .language_model import make_tiny_bert
+
+        make_tiny_bert(Path(data_root) / TINY_BERT_FOLDER, hidden_size=64)
+    return cfg
 
 
 def _train_validate_predict(cfg: Config, work_dir: Path, iterations: int) -> tuple[float, int]:

@@ -131,6 +131,7 @@ class MMDetModule(pl.LightningModule):
         for key in ("val_evaluator", "test_evaluator"):
             if self.cfg.get(key) is not None:
                 self.cfg[key] = use_evaluator_backend(self.cfg[key], evaluator_backend)
+        self.task.check_config(self.cfg)
         #: the mmdet detector (an mmengine ``BaseModel``)
         self.model: Any = build_detector(self.cfg)
         self.task.setup_model(self.model)

@@ -64,7 +64,7 @@ else
   # no compiler: mmcv's pure-python distribution, installed with the package in one resolver pass
   extras="dev,zoo,mmcv-lite"
 fi
-pip install -q -e ".[$extras]" $([ "$extras" = "dev,zoo,mmcv-lite" ] && echo "$MMCV_LITE_SPEC")
+pip install -q -e ".[$extras,grounding]" $([ "$extras" = "dev,zoo,mmcv-lite" ] && echo "$MMCV_LITE_SPEC")
 "$PY" -c "$check; from mmdet_lightning.mmcv_ext import ops_backend; print('setup: ok, torch', \
 __import__('torch').__version__, 'mmcv', mmcv.__version__, '(ops: ' + ops_backend() + ')', 'mmdet', mmdet.__version__)"
 echo "$fingerprint" > "$stamp"

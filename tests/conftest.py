@@ -6,6 +6,7 @@ a YAML's ``offline: true``, the CLI's fallback without credentials) and write W&
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,14 @@ def _no_wandb_run_left() -> Any:
 
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """24 training and 8 validation images of 128x128 pixels, made once per session."""
-    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), ShapesConfig(num_train=24, num_val=8, seed=0))
+    """24 training and 8 validation images of 128x128 pixels, made once per session; with ``transformers``
+    installed, also the tiny BERT of ``shapes_grounding_dino.py`` (``tiny_bert/``, random weights)."""
+    root = make_shapes_dataset(tmp_path_factory.mktemp("shapes"), ShapesConfig(num_train=24, num_val=8, seed=0))
+    if importlib.util.find_spec("transformers") is not None:
+        from mmdet_lightning.language_model import make_tiny_bert
+
+        make_tiny_bert(root / "tiny_bert")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,6 @@ def test_config_without_model(tmp_path: Path) -> None:
     [
         (dict(type="MaskTrackRCNN", detector=dict(type="MaskRCNN")), "video instance segmentation"),
         (dict(type="ByteTrack", detector=dict(type="YOLOX"), tracker=dict(type="ByteTracker")), "tracking"),
-        (dict(type="GroundingDINO", language_model=dict(type="BertModel")), "grounding"),  # SoftTeacher: trained now
     ],
 )
 def test_unsupported_task(model: dict, task: str) -> None:

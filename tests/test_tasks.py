@@ -15,7 +15,6 @@ from mmdet_lightning.tasks import TASKS, DetectionTask, Task, is_proposal_head, 
 
 
 @pytest.mark.parametrize("model_cfg, task", [
-    ({"type": "GroundingDINO"}, "grounding (open-vocabulary) detection"),
     ({"type": "MaskTrackRCNN"}, "video instance segmentation"),
     ({"type": "MyDetector", "tracker": {}}, "tracking"),
 ])

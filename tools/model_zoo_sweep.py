@@ -276,7 +276,9 @@ def main(argv: list[str] | None = None) -> None:
             families = [f for f in families if f not in done]
         sweep(families, args)
     # the doc's rows, updated by the families run since: a sweep of a few families keeps the others' rows
-    records = {**read_doc_table(Path(args.doc)), **read_results(Path(args.results))}
+    records = read_doc_table(Path(args.doc))
+    for family, record in read_results(Path(args.results)).items():
+        records[family] = {**records.get(family, {}), **record}
     write_table(records, Path(args.doc), args.iterations, read_results(Path(args.results).with_name("ops.jsonl")))
 
 

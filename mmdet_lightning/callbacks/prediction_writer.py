@@ -13,6 +13,7 @@ from ..lightning_package import pl
 from ..tasks import DetectionTask, Task, task_of
 from ..utilities import first_dataset, gather_objects
 from ..wandb._common import check_unit_interval
+from ..wandb.media import instance_name
 
 BasePredictionWriter = pl.callbacks.BasePredictionWriter
 
@@ -28,7 +29,9 @@ class DetectionWriter(BasePredictionWriter):
 
     Category ids are the dataset's (``cat_ids`` of mmdet's ``CocoDataset``), else ``label + 1``; image ids
     are the samples' ``img_id``. Panoptic segmentation: the PNGs show every segment as a mask of its class colour
-    and boxes around the things; the JSON holds the things' boxes with score 1.0 (segments have no score).
+    and boxes around the things; the JSON holds the things' boxes with score 1.0 (segments have no score). A
+    grounding detector's results also keep the ``phrase`` of the prompt each box matched (and are drawn with it);
+    its category is the dataset's class of that name, else ``label + 1`` (the phrase's place in the prompt).
     Boxes with a score above ``score_thr`` are drawn; all go into the JSON.
     Under DDP every process draws its own images and rank 0 writes the JSON of all of them, each image
     once (the samplers' padding repeats a few).
@@ -70,12 +73,25 @@ class DetectionWriter(BasePredictionWriter):
                 continue
             image_id = sample.metainfo.get("img_id")
             results = self._results.setdefault(image_id, [])
-            for box, label, score in _boxed(everything):
-                category = self._cat_ids[label] if label < len(self._cat_ids) else label + 1
-                results.append({"image_id": image_id, "category_id": int(category), "score": float(score),
-                                     "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
+            for index, box, _, score in _boxed(everything):
+                result = {"image_id": image_id, "category_id": self._category(everything, index),
+                          "score": float(score), "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}
+                if everything.names is not None:
+                    result["phrase"] = everything.names[index]
+                results.append(result)
             if self.draw:
                 self._draw(sample)
+
+    def _category(self, instances: Any, index: int) -> int:
+        """The COCO category id of instance ``index``: by its phrase when it has one (a grounding detector's, whose
+        labels index the prompt), else by its label."""
+        label = int(instances.labels[index])
+        if instances.names is not None:
+            name = instances.names[index]
+            if name not in self._classes:
+                return label + 1
+            label = self._classes.index(name)
+        return int(self._cat_ids[label]) if label < len(self._cat_ids) else label + 1
 
     def _draw(self, sample: Any) -> None:
         from PIL import Image, ImageDraw
@@ -93,9 +109,9 @@ class DetectionWriter(BasePredictionWriter):
                 pixels[mask] = (0.5 * pixels[mask] + 0.5 * colour).astype(np.uint8)
             image = Image.fromarray(pixels)
         draw = ImageDraw.Draw(image)
-        for box, label, score in _boxed(shown):
+        for index, box, label, score in _boxed(shown):
             outline = _COLOURS[label % len(_COLOURS)]
-            name = self._classes[label] if label < len(self._classes) else str(label)
+            name = instance_name(shown, index, self._classes)
             draw.rectangle(box, outline=outline, width=2)
             draw.text((box[0] + 2, box[1] + 1), name if shown.scores is None else f"{name} {score:.2f}", fill=outline)
         image.save(self.output_dir / f"{path.stem}.png")
@@ -110,11 +126,11 @@ class DetectionWriter(BasePredictionWriter):
             (self.output_dir / self.RESULTS_FILE).write_text(json.dumps(everything))
 
 
-def _boxed(instances: Any) -> list[tuple[list[float], int, float]]:
-    """(box, label, score) of the instances whose box is shown (``Instances.boxed``: panoptic things, not stuff);
-    score 1.0 where the task's instances have none (panoptic segments)."""
+def _boxed(instances: Any) -> list[tuple[int, list[float], int, float]]:
+    """(index, box, label, score) of the instances whose box is shown (``Instances.boxed``: panoptic things, not
+    stuff); score 1.0 where the task's instances have none (panoptic segments)."""
     count = len(instances.labels)
     scores = instances.scores.tolist() if instances.scores is not None else [1.0] * count
     boxed = instances.boxed.tolist() if instances.boxed is not None else [True] * count
-    return [(box, label, score) for box, label, score, keep in zip(
-        instances.boxes.tolist(), instances.labels.tolist(), scores, boxed, strict=True) if keep]
+    return [(index, box, label, score) for index, (box, label, score, keep) in enumerate(zip(
+        instances.boxes.tolist(), instances.labels.tolist(), scores, boxed, strict=True)) if keep]

@@ -4,6 +4,7 @@
     detection.py   DetectionTask: object detection and instance segmentation (``pred_instances``)
     panoptic.py    PanopticTask: panoptic segmentation (``pred_panoptic_seg``: PanopticFPN, MaskFormer, Mask2Former)
     semi_supervised.py  SemiSupervisedTask: mmdet's SemiBaseDetector family (SoftTeacher), teacher and student
+    grounding.py   GroundingTask: GLIP, Grounding DINO, MM-Grounding-DINO (detection prompted with text)
 
 Example::
     >>> task_for_model({"type": "FasterRCNN"})
@@ -25,14 +26,15 @@ from typing import Any
 
 from .base import Task, is_proposal_head
 from .detection import DetectionTask, other_task
+from .grounding import GroundingTask
 from .panoptic import PanopticTask
 from .semi_supervised import SemiSupervisedTask
 
-__all__ = ["Task", "DetectionTask", "PanopticTask", "SemiSupervisedTask", "TASKS", "register_task", "task_for_model",
-           "task_of", "is_proposal_head"]
+__all__ = ["Task", "DetectionTask", "GroundingTask", "PanopticTask", "SemiSupervisedTask", "TASKS", "register_task",
+           "task_for_model", "task_of", "is_proposal_head"]
 
 #: the task classes, asked in order; the first whose ``handles`` accepts the model trains it
-TASKS: list[type[Task]] = [SemiSupervisedTask, PanopticTask, DetectionTask]
+TASKS: list[type[Task]] = [GroundingTask, SemiSupervisedTask, PanopticTask, DetectionTask]
 
 
 def register_task(task: type[Task]) -> type[Task]:

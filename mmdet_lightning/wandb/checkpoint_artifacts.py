@@ -12,6 +12,7 @@ from typing import Any
 from .._compat import lightning as lightning_compat
 from ..checkpoint_io import CheckpointWriteError
 from ..lightning_package import pl
+from ..tasks import task_of
 from ._common import find_wandb_logger, finish_run, warn_if_other_run
 from .worker import BackgroundWorker
 
@@ -212,6 +213,7 @@ class WandbCheckpointArtifacts(Callback):
         metadata: dict[str, Any] = {}
         if self.log_checkpoint_metadata:
             metadata = {"epoch": trainer.current_epoch + 1, "global_step": trainer.global_step, **self._eval_metrics}
+        metadata.update(task_of(trainer.lightning_module).artifact_metadata())  # a grounding model's prompt
         metadata.update(extra or {})
         name = f"run_{run.id}_{self.ARTIFACT_TYPE}"
         try:

@@ -14,12 +14,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Instances", "instances_from_data_info", "instances_from_prediction", "box_data", "class_mask_layers"]
+__all__ = ["Instances", "instance_name", "instances_from_data_info", "instances_from_prediction", "box_data",
+           "class_mask_layers"]
 
 
 @dataclass
 class Instances:
     """Boxes (N, 4) as x1, y1, x2, y2 pixels, 0-based labels (N,), optional scores (N,) and masks (N, H, W).
+
+    ``names`` (N,), when set, is the name of each instance in place of the class of its label: the phrase of the
+    prompt that a grounding detector matched it to; ``prompt`` is then the text the image was prompted with.
 
     ``problems`` lists annotations that were skipped (empty or malformed masks), for one warning per image.
     ``boxed`` (N,) bool, where given, says which instances have their box drawn (panoptic: things, not stuff).
@@ -35,6 +39,8 @@ class Instances:
     masks: np.ndarray | None = None
     problems: list[str] = field(default_factory=list)
     boxed: np.ndarray | None = None
+    names: list[str] | None = None
+    prompt: str | None = None
 
 
 def _mask_from_annotation(mask: Any, height: int, width: int) -> np.ndarray | None:
@@ -107,6 +113,20 @@ def instances_from_prediction(sample: Any, score_thr: float) -> Instances:
     )
 
 
+def instance_name(instances: Instances, index: int, class_names: Sequence[str]) -> str:
+    """The name of instance ``index``: its own (``names``, a grounding detector's phrase), else its label's class.
+
+    Example::
+        >>> inst = Instances(np.zeros((1, 4)), np.array([0]), names=["red disc"])
+        >>> instance_name(inst, 0, ["circle"]), instance_name(Instances(np.zeros((1, 4)), np.array([0])), 0, ["circle"])
+        ('red disc', 'circle')
+    """
+    if instances.names is not None:
+        return instances.names[index]
+    label = int(instances.labels[index])
+    return class_names[label] if 0 <= label < len(class_names) else str(label)
+
+
 def box_data(instances: Instances, class_names: Sequence[str]) -> list[dict[str, Any]]:
     """W&B ``box_data`` entries, with ``scores`` and ``"<class> <score>"`` captions for predictions.
 
@@ -119,7 +139,7 @@ def box_data(instances: Instances, class_names: Sequence[str]) -> list[dict[str,
     for index, (box, label) in enumerate(zip(instances.boxes.tolist(), instances.labels.tolist(), strict=True)):
         if instances.boxed is not None and not instances.boxed[index]:
             continue
-        name = class_names[label] if 0 <= label < len(class_names) else str(label)
+        name = instance_name(instances, index, class_names)
         entry: dict[str, Any] = {
             "position": {"minX": box[0], "minY": box[1], "maxX": box[2], "maxY": box[3]},
             "class_id": int(label) + 1,

@@ -45,8 +45,11 @@ class WandbDetectionTables(Callback):
     references to the files of ``val`` (nothing uploaded twice); its boxes are the predictions with a
     score above ``bbox_score_thr``, each with ``scores`` for the W&B slider. With ``mean_confidence``,
     one more column a class, ``conf_<class>``: the mean score of that class's predictions in the table's
-    image (None when it has none), as YOLOv5's evaluation table. ``trainer.validate`` and ``trainer.test``
-    log both tables too (on the test set for ``test``), with aliases ``validate`` / ``test`` and ``latest``.
+    image (None when it has none), as YOLOv5's evaluation table. A grounding detector's table has two more
+    columns, ``prompt`` (the image's text prompt) and ``phrases`` (the phrase of each box shown, ``" | "``-joined;
+    the boxes' captions are the phrases too), and the artifact's metadata has the ``prompt``. ``trainer.validate``
+    and ``trainer.test`` log both tables too (on the test set for ``test``), with aliases ``validate`` / ``test``
+    and ``latest``.
 
     Lifecycle::
 
@@ -200,8 +203,13 @@ class WandbDetectionTables(Callback):
         confidence = [f"conf_{name}" for name in classes] if self.mean_confidence else []
         # the task's prediction columns: `prediction`, or `teacher` and `student` side by side (semi-supervised)
         columns = list(next(iter(predictions.values()), None) or ["prediction"])
-        table = wandb.Table(columns=["image_name", "ground_truth", *columns, *confidence])
-        artifact = wandb.Artifact(f"run_{run.id}_pred", type="evaluation")
+        # a grounding model's predictions: the prompt of each image and the phrase of each box shown
+        prompts = sorted({pred.prompt for by_column in predictions.values() for pred in by_column.values()
+                          if pred.prompt is not None})
+        prompted = ["prompt", "phrases"] if prompts else []
+        table = wandb.Table(columns=["image_name", "ground_truth", *columns, *prompted, *confidence])
+        metadata = {"prompt": prompts[0] if len(prompts) == 1 else prompts} if prompts else None
+        artifact = wandb.Artifact(f"run_{run.id}_pred", type="evaluation", metadata=metadata)
         for index in indices:
             if index not in self._val_images:
                 continue
@@ -211,7 +219,8 @@ class WandbDetectionTables(Callback):
             means = mean_confidence(preds[0], len(classes)) if self.mean_confidence else []
             images = [_wandb_image(gt_image, pred, "predictions" if column == "prediction" else f"{column}_predictions",
                                    classes, class_set) for column, pred in zip(columns, preds, strict=True)]
-            table.add_data(name, gt_image, *images, *means)
+            phrases = [preds[0].prompt, " | ".join(preds[0].names or [])] if prompted else []
+            table.add_data(name, gt_image, *images, *phrases, *means)
         artifact.add(table, self.PRED_TABLE)
         run.log_artifact(artifact, aliases=aliases)
 

@@ -1,0 +1,180 @@
+"""Grounding detection (Grounding DINO) on the synthetic shapes with a tiny local BERT: the same run as mmengine's
+Runner, prompting with one's own text, and the errors for a language model or a prompt that cannot work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mmdet_lightning import MMDetDataModule, MMDetModule
+from mmdet_lightning.cli import run
+from mmdet_lightning.language_model import LanguageModelError
+from mmdet_lightning.lightning_package import pl
+from mmdet_lightning.tasks import GroundingTask, task_for_model
+from mmdet_lightning.wandb.records import artifacts, find_run_file, read_records
+
+from .conftest import CONFIGS, REPO
+from .test_runner_equivalence import RunnerRecorder, TrainerRecorder
+
+CONFIG = "shapes_grounding_dino.py"
+MAX_EPOCHS = 2  # 24 images (some empty, filtered out), batches of 4: 5-6 iterations an epoch
+WARMUP_ITERS = 8
+
+
+class OptimizerRecorder(RunnerRecorder):
+    """The learning rate of every parameter group of the optimizer itself: mmengine's ``OptimWrapper.param_groups``
+    appends its ``base_param_settings`` (the defaults) when there are several groups (``paramwise_cfg``)."""
+
+    def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
+        self.lrs.append([g["lr"] for g in runner.optim_wrapper.optimizer.param_groups])
+
+
+def test_grounding_models_are_the_grounding_task() -> None:
+    assert isinstance(task_for_model({"type": "GroundingDINO", "language_model": {}}), GroundingTask)
+    assert isinstance(task_for_model({"type": "GLIP"}), GroundingTask)
+
+
+def test_class_check_skips_text_token_heads(shapes_config: Any) -> None:
+    """GroundingDINOHead's num_classes is the text length (mmdet's configs say 256): no class count to check."""
+    cfg = shapes_config(CONFIG)
+    cfg.model.bbox_head.num_classes = 256
+    module = MMDetModule(cfg)
+    assert module.num_classes() == {}
+    module.task.check_classes(module.model, ("circle", "square", "triangle"), "train")  # no error
+
+
+def _equivalence_config(shapes_config: Any, tmp_path: Path) -> Any:
+    cfg = shapes_config(CONFIG, max_epochs=MAX_EPOCHS, batch_size=4)
+    cfg.train_cfg.val_interval = MAX_EPOCHS
+    cfg.param_scheduler = [
+        dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=WARMUP_ITERS),
+        dict(type="MultiStepLR", by_epoch=True, begin=0, end=MAX_EPOCHS, milestones=[2], gamma=0.1),
+    ]
+    cfg.work_dir = str(tmp_path / "runner")
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=-1)
+    cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
+    return cfg
+
+
+@pytest.mark.slow
+def test_trainer_matches_mmengine_runner_on_grounding_dino(shapes_config: Any, tmp_path: Path) -> None:
+    from mmengine.runner import Runner
+
+    cfg = _equivalence_config(shapes_config, tmp_path)
+    runner = Runner.from_cfg(cfg.copy())
+    runner_rec = OptimizerRecorder()
+    runner.register_hook(runner_rec, priority="VERY_LOW")
+    runner.train()
+    runner_map = runner.message_hub.get_scalar("val/coco/bbox_mAP").current()
+
+    pl.seed_everything(cfg.randomness.seed)
+    module = MMDetModule.from_config(cfg)
+    trainer_rec = TrainerRecorder()
+    trainer = pl.Trainer(
+        max_epochs=MAX_EPOCHS, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, num_sanity_val_steps=0, check_val_every_n_epoch=MAX_EPOCHS,
+        callbacks=[trainer_rec], default_root_dir=str(tmp_path / "lightning"),
+    )
+    trainer.fit(module, datamodule=MMDetDataModule.from_config(cfg))
+    trainer_map = float(trainer.callback_metrics["coco/bbox_mAP"])
+
+    iters = len(runner_rec.lrs)
+    assert iters > WARMUP_ITERS and iters // MAX_EPOCHS < WARMUP_ITERS, "the run must cross warm-up and epochs"
+    assert trainer_rec.lrs == runner_rec.lrs  # exactly equal, every iteration, every parameter group
+    lrs = [lr[0] for lr in runner_rec.lrs]
+    assert lrs[0] < lrs[WARMUP_ITERS - 1] and len(set(runner_rec.lrs[0])) > 1  # warm-up; the backbone's lr_mult
+    assert [sorted(d) for d in trainer_rec.losses] == [sorted(d) for d in runner_rec.losses]
+    assert "dn_loss_cls" in runner_rec.losses[0]  # the contrastive (text) classification and denoising losses
+    for step, (ours, theirs) in enumerate(zip(trainer_rec.losses, runner_rec.losses, strict=True)):
+        for key in theirs:
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), f"iteration {step}: {key}"
+    assert trainer_map == pytest.approx(runner_map, abs=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_missing_language_model_is_named_at_construction(shapes_config: Any, tmp_path: Path) -> None:
+    cfg = shapes_config(CONFIG)
+    cfg.model.language_model.name = str(tmp_path / "no_such_bert")
+    with pytest.raises(LanguageModelError, match=r"(?s)lang_model_name.*no_such_bert.*Hint: point `lang_model_name`"):
+        MMDetModule(cfg)
+
+
+def test_class_the_tokenizer_cannot_split_is_named_at_construction(shapes_config: Any) -> None:
+    cfg = shapes_config(CONFIG)
+    for key in ("train_dataloader", "val_dataloader"):
+        cfg[key].dataset.metainfo = dict(classes=("circle", "hexagon", "triangle"))
+    with pytest.raises(LanguageModelError, match=r"(?s)cannot split.*\['hexagon'\].*Hint"):
+        MMDetModule(cfg)
+
+
+
+def test_empty_prompt_is_named_when_the_data_module_is_made(shapes_config: Any) -> None:
+    with pytest.raises(LanguageModelError, match=r"(?s)holds no phrase.*Hint"):
+        MMDetDataModule(shapes_config(CONFIG), text=" . ")
+
+
+def test_prompt_word_the_tokenizer_cannot_split_is_named(shapes_config: Any) -> None:
+    with pytest.raises(LanguageModelError, match=r"(?s)cannot split.*\['hexagon'\].*Hint: use words of its vocab"):
+        MMDetDataModule(shapes_config(CONFIG), text="ring . hexagon .")
+
+
+def test_prompt_for_a_model_without_text_is_refused(shapes_config: Any) -> None:
+    with pytest.raises(LanguageModelError, match=r"(?s)takes no text.*Hint"):
+        MMDetDataModule(shapes_config("shapes_retinanet.py"), text="ring .")
+
+
+# ---------------------------------------------------------------------------------------------- CLI, W&B, predict
+def _eval_rows(artifact: Any) -> tuple[list[str], list[list[Any]]]:
+    entry = next(e for e in artifact.manifest.contents if e.path == "eval_data.table.json")
+    table = json.loads(Path(entry.local_path).read_text())
+    return table["columns"], table["data"]
+
+
+@pytest.mark.slow
+def test_fine_tune_then_prompt_with_the_cli_and_wandb(shapes_root: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mmdet-lightning fit`` with the shipped YAML (W&B offline) logs the prompt and the phrases, then
+    ``predict --text`` with a prompt that is not the training classes (another word, a subset, another order)
+    gives back the phrases as typed."""
+    monkeypatch.chdir(tmp_path)
+    common = ["--config", str(REPO / "configs" / "lightning" / "shapes_grounding_dino.yaml"),
+              "--model.config", str(CONFIGS / CONFIG), "--model.data_root", str(shapes_root)]
+    run(["fit", *common, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"])
+    work = tmp_path / "work_dirs" / "shapes_grounding_dino"
+    logged = artifacts(read_records(find_run_file(work / "wandb")))
+    training_prompt = "circle . square . triangle ."
+
+    models = [a for a in logged if a.type == "model"]
+    assert models and all(json.loads(a.metadata)["prompt"] == training_prompt for a in models)
+    evaluation = [a for a in logged if a.type == "evaluation"][-1]
+    assert json.loads(evaluation.metadata)["prompt"] == training_prompt
+    columns, rows = _eval_rows(evaluation)
+    assert columns[:5] == ["image_name", "ground_truth", "prediction", "prompt", "phrases"]
+    assert len(rows) == 8 and {row[3] for row in rows} == {training_prompt}
+    phrases = {p for row in rows for p in row[4].split(" | ") if p}
+    assert phrases <= {"circle", "square", "triangle"}
+
+    out = tmp_path / "prompted"
+    run(["predict", *common, "--ckpt_path", str(work / "checkpoints" / "last.ckpt"), "--data.predict_folder",
+         str(shapes_root / "val"), "--trainer.default_root_dir", str(out), "--text", "ring . square . circle ."])
+    results = json.loads((out / "predictions" / "results.bbox.json").read_text())
+    assert len(results) == 8 * 50  # max_per_img boxes an image, every one named
+    assert {r["phrase"] for r in results} == {"ring", "square", "circle"}
+    # category ids: the dataset's class of the phrase (square 2, circle 1); "ring" is no class: its place + 1
+    assert {(r["phrase"], r["category_id"]) for r in results} == {("ring", 1), ("square", 2), ("circle", 1)}
+
+
+def test_python_predict_with_phrases_in_another_order(shapes_config: Any, tmp_path: Path) -> None:
+    """``MMDetDataModule(text=[...])`` on the test set: a subset of the classes in another order is the prompt
+    of every image, and each box's phrase is one of them, as typed."""
+    cfg = shapes_config(CONFIG)
+    module = MMDetModule(cfg)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+    batches = trainer.predict(module, datamodule=MMDetDataModule(cfg, text=["Square", "circle "]))
+    samples = [sample for batch in batches for sample in batch]
+    assert len(samples) == 8 and {sample.text for sample in samples} == {("Square", "circle")}
+    names = [name for sample in samples for name in sample.pred_instances.label_names]
+    assert len(names) == 8 * 50 and set(names) == {"Square", "circle"}
