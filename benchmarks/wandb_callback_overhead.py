@@ -27,7 +27,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _runs import run_json  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from _runs import package_of, run_json  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 REPO = Path(__file__).resolve().parents[1]
 _JOB_KINDS = {"_write_tables": "tables", "_log_artifact": "checkpoint"}
@@ -144,14 +143,6 @@ def _one_run(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds, "cpu": cpu}))
 
 
-def _package_of(ref: str, folder: str) -> str:
-    """The ``mmdet_lightning`` package of git revision ``ref``, extracted into ``folder``."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "mmdet_lightning"], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
-    return folder
-
-
 def _table(rows: dict[str, list[dict[str, Any]]]) -> None:
     base = statistics.median(run["seconds"] for run in rows["without"])
     print(f"{'run':24s} {'fit s min':>9s} {'median':>8s} {'max':>8s} {'ratio':>6s}")
@@ -191,7 +182,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as before_dir:
         paths = {"without": str(REPO), "with": str(REPO)}
         if args.before:
-            paths["before"] = _package_of(args.before, before_dir)
+            paths["before"] = package_of(REPO, args.before, before_dir)
         for repeat in range(args.repeats):
             order = variants[repeat % len(variants):] + variants[:repeat % len(variants)]
             for variant in order:
