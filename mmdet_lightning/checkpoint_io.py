@@ -50,10 +50,11 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     Example::
         >>> trainer = pl.Trainer(plugins=[SafeCheckpointIO()])  # doctest: +SKIP
+        >>> path = Path(tempfile.mkdtemp()) / "last.ckpt"
         >>> io = SafeCheckpointIO()
         >>> io.record_md5 = True
-        >>> io.save_checkpoint({"step": 1}, "/tmp/safe_io_example.ckpt")
-        >>> io.md5_of("/tmp/safe_io_example.ckpt") is not None
+        >>> io.save_checkpoint({"step": 1}, path)
+        >>> io.md5_of(path) is not None
         True
     """
 
