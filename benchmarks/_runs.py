@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 from typing import Any, Sequence
 
 
@@ -13,3 +14,11 @@ def run_json(command: Sequence[str], **env: str) -> dict[str, Any]:
     out = subprocess.run(list(command), check=True, capture_output=True, text=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore", **env})
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def package_of(repo: Path, ref: str, folder: str) -> str:
+    """Extract the ``mmdet_lightning`` package of git revision ``ref`` of ``repo`` into ``folder`` (for PYTHONPATH)."""
+    archive = subprocess.run(["git", "-C", str(repo), "archive", ref, "mmdet_lightning"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+    return folder

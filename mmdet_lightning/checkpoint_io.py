@@ -5,11 +5,15 @@ strategy (when it has Lightning's default one). It loads ``trainer.fit(ckpt_path
 with :func:`~mmdet_lightning.checkpoint.load_checkpoint_file` (``weights_only=True``, mmengine's types allowed, a
 damaged file named as such) and writes each checkpoint to a temporary file in the target folder, then renames it
 over the target: a write that fails (disk full, read-only folder) leaves the earlier checkpoints and ``last.ckpt``
-as they were and stops training with :class:`CheckpointWriteError`, naming the folder.
+as they were and stops training with :class:`CheckpointWriteError`, naming the folder. With ``record_md5`` on (the W&B
+checkpoint artifacts turn it on), it also hashes each checkpoint while it is in memory, so that the artifact needs
+no second read of the file to hash it (:meth:`SafeCheckpointIO.md5_of`).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import os
 import tempfile
@@ -40,12 +44,38 @@ class SafeCheckpointIO(TorchCheckpointIO):
     Args:
         trust: load files that need full unpickling (they can run code); also ``MMDET_LIGHTNING_TRUST_CHECKPOINTS=1``.
 
+    Attributes:
+        record_md5: hash each local checkpoint it writes (MD5, from memory: no read of the file), for
+            :meth:`md5_of`; off by default (the W&B checkpoint artifacts turn it on).
+
     Example::
         >>> trainer = pl.Trainer(plugins=[SafeCheckpointIO()])  # doctest: +SKIP
+        >>> path = Path(tempfile.mkdtemp()) / "last.ckpt"
+        >>> io = SafeCheckpointIO()
+        >>> io.record_md5 = True
+        >>> io.save_checkpoint({"step": 1}, path)
+        >>> io.md5_of(path) is not None
+        True
     """
+
+    #: how many written files' digests are kept (the newest)
+    KEPT_DIGESTS = 8
 
     def __init__(self, trust: bool = False) -> None:
         self.trust = trust
+        self.record_md5 = False
+        # absolute path -> (base64 MD5, (device, inode, size, mtime_ns)) of the files written here
+        self._digests: dict[str, tuple[str, tuple[int, int, int, int]]] = {}
+
+    def md5_of(self, path: str | os.PathLike[str]) -> str | None:
+        """The MD5 (base64, as W&B's artifact manifests hold it) of the checkpoint at ``path``, hashed when
+        this object wrote it; None when ``record_md5`` was off, or the file is not the one written (replaced,
+        changed, gone). ``path`` may also be a hard link to the file."""
+        try:
+            identity = _identity(path)
+        except OSError:
+            return None
+        return next((digest for digest, known in self._digests.values() if known == identity), None)
 
     def load_checkpoint(self, path: Any, map_location: Callable | None = lambda storage, loc: storage,
                         weights_only: bool | None = None) -> dict[str, Any]:
@@ -69,6 +99,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 os.fsync(file.fileno())
             os.replace(temporary, target)
             temporary = None
+            if self.record_md5:
+                self._remember_md5(target, buffer)
         except OSError as error:
             kept = sorted(p.name for p in target.parent.glob("*.ckpt")) if target.parent.is_dir() else []
             raise CheckpointWriteError(
@@ -81,3 +113,17 @@ class SafeCheckpointIO(TorchCheckpointIO):
         finally:
             if temporary is not None and os.path.exists(temporary):
                 os.remove(temporary)
+
+    def _remember_md5(self, target: Path, buffer: io.BytesIO) -> None:
+        digest = base64.b64encode(hashlib.md5(buffer.getbuffer(), usedforsecurity=False).digest()).decode("ascii")
+        key = os.path.abspath(target)
+        self._digests.pop(key, None)
+        self._digests[key] = (digest, _identity(target))
+        while len(self._digests) > self.KEPT_DIGESTS:
+            self._digests.pop(next(iter(self._digests)))
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int, int, int]:
+    """What tells one file from another, and a changed file from itself: device, inode, size, modification time."""
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns

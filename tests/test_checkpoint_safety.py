@@ -214,3 +214,26 @@ def test_model_zoo_style_checkpoint_loads_with_weights_only(shapes_config: Any, 
     module = MMDetModule(cfg, load_from=str(path))
     assert len(module.load_report.loaded) == len(state) and not module.load_report.missing
     assert load_checkpoint_file(path)["meta"]["CLASSES"] == tuple(CLASSES)
+
+
+def test_safe_checkpoint_io_hashes_what_it_writes_when_asked(tmp_path: Path) -> None:
+    """``record_md5``: the MD5 of each file written, from memory, as W&B's manifests hold it; only for that file."""
+    from wandb.sdk.lib.hashutil import md5_file_b64
+
+    from mmdet_lightning.checkpoint_io import SafeCheckpointIO
+
+    io, path = SafeCheckpointIO(), tmp_path / "epoch=0.ckpt"
+    io.save_checkpoint({"weights": torch.arange(10.0)}, path)
+    assert io.md5_of(path) is None  # off by default: nothing hashed
+    io.record_md5 = True
+    io.save_checkpoint({"weights": torch.arange(10.0)}, path)
+    assert io.md5_of(path) == md5_file_b64(str(path))
+    link = tmp_path / "link.ckpt"
+    link.hardlink_to(path)
+    assert io.md5_of(link) == md5_file_b64(str(path))  # the same file under another name
+    copy = tmp_path / "copy.ckpt"
+    copy.write_bytes(path.read_bytes())
+    assert io.md5_of(copy) is None  # another file: not vouched for
+    path.unlink()
+    path.write_bytes(b"replaced")  # a new file at the same path
+    assert io.md5_of(path) is None and io.md5_of(tmp_path / "gone.ckpt") is None

@@ -386,6 +386,66 @@ def test_artifact_register_local_path(tmp_path):
     assert target.get_added_local_path_name(local) == name  # the public reader sees the registration
 
 
+def test_artifact_add_file_with_digest(tmp_path):
+    import wandb
+    from wandb.sdk.lib.hashutil import md5_file_b64
+
+    path = tmp_path / "epoch=0.ckpt"
+    path.write_bytes(b"checkpoint bytes")
+    artifact = wandb.Artifact("run_x_model", type="model")
+    # the digest given is the one recorded: W&B did not read the file to hash it
+    entry = wandb_compat.artifact_add_file_with_digest(artifact, str(path), "epoch=0.ckpt", "given-digest==")
+    assert (entry.path, entry.digest, entry.size, entry.skip_cache) == ("epoch=0.ckpt", "given-digest==", 16, True)
+    assert entry.local_path == str(path)  # immutable: no staging copy
+    # without a digest, W&B hashes the file (public add_file), still without a cache copy
+    other = wandb.Artifact("run_x_model", type="model")
+    entry = wandb_compat.artifact_add_file_with_digest(other, str(path), "epoch=0.ckpt", None)
+    assert entry.digest == md5_file_b64(str(path)) and entry.skip_cache is True
+
+
+def test_boxes_without_checks(tmp_path):
+    import wandb
+    from wandb.sdk.data_types.helper_types.bounding_boxes_2d import BoundingBoxes2D
+
+    box_data = [{"position": {"minX": 1.0, "minY": 2.0, "maxX": 5.0, "maxY": 6.0}, "class_id": 1,
+                 "box_caption": "circle 0.90", "domain": "pixel", "scores": {"score": 0.9}}]
+    labels = {1: "circle", 2: "square"}
+    fast = wandb_compat.boxes_without_checks(box_data, "predictions", labels)
+    slow = BoundingBoxes2D({"box_data": box_data, "class_labels": labels}, "predictions")
+    assert isinstance(fast, BoundingBoxes2D) and fast._path is None  # no .boxes2D.json file written
+    assert (fast._val, fast._key, fast._class_labels) == (slow._val, slow._key, slow._class_labels)
+    # the same image JSON in a table's artifact as the constructor's boxes
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    classes = wandb.Classes([{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}])
+    jsons = []
+    for boxes in (fast, {"box_data": box_data, "class_labels": labels}):
+        image = wandb.Image(pixels, boxes={"predictions": boxes}, classes=classes)
+        jsons.append(image.to_json(wandb.Artifact("t", type="evaluation")))
+    assert jsons[0] == jsons[1] and jsons[0]["boxes"]["predictions"] == box_data
+
+
+def test_image_from_image(tmp_path):
+    import wandb
+    from PIL import Image as PILImage
+
+    path = tmp_path / "a.png"
+    PILImage.fromarray(np.arange(6 * 10 * 3, dtype=np.uint8).reshape(6, 10, 3)).save(path)
+    base = wandb.Image(str(path))
+    assert base._image is None and (base._width, base._height) == (10, 6)  # freed after reading its size
+    boxes = {"predictions": {"box_data": [{"position": {"minX": 1, "minY": 1, "maxX": 3, "maxY": 3}, "class_id": 1}],
+                             "class_labels": {1: "circle"}}}
+    classes = wandb.Classes([{"id": 1, "name": "circle"}])
+    path.write_bytes(b"no longer an image")  # wandb.Image(base, ...) would decode the file again and fail
+    fast = wandb_compat.image_from_image(base, boxes=boxes, classes=classes)
+    assert base._image is None and fast._image is None and (fast._width, fast._height) == (10, 6)
+    assert fast._path == base._path and set(fast._boxes) == {"predictions"}
+    # what the constructor makes of a readable file: the same JSON
+    PILImage.fromarray(np.arange(6 * 10 * 3, dtype=np.uint8).reshape(6, 10, 3)).save(path)
+    slow = wandb.Image(wandb.Image(str(path)), boxes=boxes, classes=classes)
+    artifact = wandb.Artifact("t", type="evaluation")
+    assert fast.to_json(artifact) == slow.to_json(wandb.Artifact("t", type="evaluation"))
+
+
 def test_run_is_finished(tmp_path, monkeypatch):
     import wandb
 

@@ -223,6 +223,26 @@ def test_log_checkpoint_without_model_checkpoint_warns(shapes_config: Any, tmp_p
     assert not _versions(read_records(find_run_file(tmp_path)), "_model")
 
 
+def test_checkpoint_artifact_is_hashed_once_and_not_cached(shapes_config: Any, tmp_path: Path) -> None:
+    """The checkpoint's MD5 in the artifact is the one SafeCheckpointIO computed while writing it (W&B does not
+    read the file to hash it again) and the entry skips W&B's cache copy."""
+    from wandb.sdk.lib.hashutil import md5_file_b64
+
+    cfg = shapes_config("shapes_retinanet.py")
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path))
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, accelerator="cpu", logger=logger,
+                         callbacks=[checkpoint, MMDetWandbCallback(log_checkpoint=True, num_eval_images=0)],
+                         enable_progress_bar=False, num_sanity_val_steps=0)
+    trainer.fit(MMDetModule(cfg), datamodule=MMDetDataModule(cfg))
+    logger.experiment.finish()
+    [model] = _versions(read_records(find_run_file(tmp_path)), "_model")
+    [entry] = model.manifest.contents
+    [path] = (tmp_path / "ckpt").glob("*.ckpt")
+    assert entry.path == path.name and entry.skip_cache
+    assert entry.digest == md5_file_b64(str(path)) == trainer.strategy.checkpoint_io.md5_of(path)
+
+
 def test_checkpoint_interval_must_be_a_multiple_of_validation(shapes_config: Any, tmp_path: Path) -> None:
     cfg = shapes_config("shapes_retinanet.py")
     trainer = pl.Trainer(max_epochs=3, check_val_every_n_epoch=2, limit_train_batches=1, accelerator="cpu",

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .._compat import lightning as lightning_compat
-from ..checkpoint_io import CheckpointWriteError
+from .._compat import wandb as wandb_compat
+from ..checkpoint_io import CheckpointWriteError, SafeCheckpointIO
 from ..lightning_package import pl
 from ..tasks import task_of
 from ._common import find_wandb_logger, finish_run, warn_if_other_run
@@ -67,12 +68,16 @@ class WandbCheckpointArtifacts(Callback):
     metadata is ``{"epoch", "global_step", **the latest validation's metrics}``, taken from the last
     validation, never by evaluating again. The file is hard-linked (not copied) into the W&B run folder,
     so that neither a staging copy nor Lightning's removal of old top-k files touches what is uploaded
-    or waits for ``wandb sync``.
+    or waits for ``wandb sync``. W&B reads it once, to upload it: its MD5 is the one
+    :class:`~mmdet_lightning.checkpoint_io.SafeCheckpointIO` (``MMDetModule``'s) computed from memory while
+    writing it (W&B hashes the file itself under another ``CheckpointIO``), and it is not copied into W&B's
+    cache after the upload (``skip_cache``).
 
     Lifecycle::
 
         setup                  find the WandbLogger; no ModelCheckpoint: one warning, uploads off
-        on_train_start         checkpoint interval must be a multiple of the validation interval
+        on_train_start         checkpoint interval must be a multiple of the validation interval; SafeCheckpointIO
+                               hashes the checkpoints it writes (record_md5)
         on_validation_end      remember the validation's metrics (module.last_eval_metrics)
         ModelCheckpoint saves  -> after_save_checkpoint (rank 0 only; nothing collective): hard-link the file,
                                take the metadata, hand the upload to the background worker
@@ -146,6 +151,9 @@ class WandbCheckpointArtifacts(Callback):
             self._watcher = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        checkpoint_io = getattr(trainer.strategy, "checkpoint_io", None)
+        if self._enabled and isinstance(checkpoint_io, SafeCheckpointIO):
+            checkpoint_io.record_md5 = True
         if self._enabled and self.log_checkpoint_metadata:
             for callback in trainer.checkpoint_callbacks:
                 if isinstance(callback, ModelCheckpoint):
@@ -223,17 +231,19 @@ class WandbCheckpointArtifacts(Callback):
                            "training goes on, the file stays on disk.")
             return
         self.uploaded[path] = trainer.global_step
-        self.worker.submit(self._log_artifact, run, path, link, name, aliases, metadata)
+        checkpoint_io = getattr(trainer.strategy, "checkpoint_io", None)
+        md5 = checkpoint_io.md5_of(link) if isinstance(checkpoint_io, SafeCheckpointIO) else None
+        self.worker.submit(self._log_artifact, run, path, link, name, aliases, metadata, md5)
 
     def _log_artifact(self, run: Any, path: str, link: Path, name: str, aliases: list[str],
-                      metadata: dict[str, Any]) -> None:
+                      metadata: dict[str, Any], md5: str | None = None) -> None:
         """On the worker: log the checkpoint's artifact, retried; a final failure warns and takes it back out."""
         import wandb
 
         for attempt in range(1, self.UPLOAD_ATTEMPTS + 1):
             try:
                 artifact = wandb.Artifact(name, type=self.ARTIFACT_TYPE, metadata=metadata)
-                artifact.add_file(str(link), name=Path(path).name, policy="immutable")
+                wandb_compat.artifact_add_file_with_digest(artifact, str(link), Path(path).name, md5)
                 run.log_artifact(artifact, aliases=aliases)
                 return
             except Exception as err:  # a W&B or file-system failure must not stop training
