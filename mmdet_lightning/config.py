@@ -214,10 +214,10 @@ def check_supported_task(model_cfg: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` for models of tasks that no task of :mod:`mmdet_lightning.tasks` trains.
 
     Example::
-        >>> check_supported_task({"type": "PanopticFPN"})
+        >>> check_supported_task({"type": "MaskTrackRCNN"})
         Traceback (most recent call last):
         ...
-        ValueError: The config's model `PanopticFPN` is a panoptic segmentation model; ...
+        ValueError: The config's model `MaskTrackRCNN` is a video instance segmentation model; ...
     """
     from .tasks import task_for_model
 

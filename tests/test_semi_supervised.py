@@ -26,10 +26,10 @@ def test_semi_supervised_models_go_to_their_task() -> None:
     assert isinstance(task_for_model({"type": "SoftTeacher"}), SemiSupervisedTask)
     assert isinstance(task_for_model({"type": "SemiBaseDetector"}), SemiSupervisedTask)
     assert isinstance(task_for_model({"type": "MySemiDetector", "semi_train_cfg": {}}), SemiSupervisedTask)
-    with pytest.raises(ValueError, match=re.escape("is a panoptic segmentation model; mmdet-lightning trains object "
-                                                   "detection and instance segmentation models, semi-supervised "
-                                                   "detection models only")):
-        task_for_model({"type": "PanopticFPN"})
+    with pytest.raises(ValueError, match=re.escape(
+            "is a tracking model; mmdet-lightning trains object detection and instance segmentation, panoptic "
+            "segmentation, semi-supervised detection and grounding (open-vocabulary) detection models only")):
+        task_for_model({"type": "ByteTrack", "tracker": {}})
 
 
 def test_mean_teacher_hook_becomes_the_callback_and_needs_a_teacher(shapes_config: Any) -> None:
