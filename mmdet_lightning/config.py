@@ -97,8 +97,6 @@ def load_config(config: ConfigLike, cfg_options: CfgOptions | None = None) -> Co
         except Exception as err:  # mmengine raises SyntaxError, KeyError, ImportError, ... for bad files
             raise ValueError(f"Could not parse the config file {str(path)!r}: {type(err).__name__}: {err}") from err
         source = str(path)
-        check_optional_packages(cfg, f"The config {source}")
-        _import_custom_modules(cfg, source)
     else:
         raise TypeError(
             f"Expected a config path, dict or mmengine Config, but got {type(config).__name__}: {config!r}."
@@ -112,6 +110,8 @@ def load_config(config: ConfigLike, cfg_options: CfgOptions | None = None) -> Co
         )
     check_supported_task(cfg.model)
     check_optional_packages(cfg, f"The config from {source}")
+    if isinstance(config, (str, os.PathLike)):  # parsed without them: imported once the packages are checked
+        _import_custom_modules(cfg, source)
     return cfg
 
 

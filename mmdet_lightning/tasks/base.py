@@ -64,6 +64,7 @@ class Task:
 
     def setup_model(self, model: torch.nn.Module) -> None:
         """Read what the task needs of the built model (``MMDetModule`` calls it once the detector is built)."""
+
     def check_config(self, cfg: Any) -> None:
         """Raise a clear error for what would fail inside mmdet once the model is built from ``cfg`` (called by
         ``MMDetModule`` before it builds the model; nothing to check by default)."""
@@ -118,6 +119,7 @@ class Task:
         from ..wandb.media import instances_from_data_info
 
         return instances_from_data_info(data_info, height, width, with_masks=with_masks)
+
     def artifact_metadata(self) -> dict[str, Any]:
         """What the W&B model artifacts' metadata adds for this task (a grounding model's training prompt)."""
         return {}
