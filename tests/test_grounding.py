@@ -17,19 +17,11 @@ from mmdet_lightning.tasks import GroundingTask, task_for_model
 from mmdet_lightning.wandb.records import artifacts, find_run_file, read_records
 
 from .conftest import CONFIGS, REPO
-from .test_runner_equivalence import RunnerRecorder, TrainerRecorder
+from .test_runner_equivalence import RunnerRecorder, fit_as_runner
 
 CONFIG = "shapes_grounding_dino.py"
 MAX_EPOCHS = 2  # 24 images (some empty, filtered out), batches of 4: 5-6 iterations an epoch
 WARMUP_ITERS = 8
-
-
-class OptimizerRecorder(RunnerRecorder):
-    """The learning rate of every parameter group of the optimizer itself: mmengine's ``OptimWrapper.param_groups``
-    appends its ``base_param_settings`` (the defaults) when there are several groups (``paramwise_cfg``)."""
-
-    def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
-        self.lrs.append([g["lr"] for g in runner.optim_wrapper.optimizer.param_groups])
 
 
 def test_grounding_models_are_the_grounding_task() -> None:
@@ -65,21 +57,12 @@ def test_trainer_matches_mmengine_runner_on_grounding_dino(shapes_config: Any, t
 
     cfg = _equivalence_config(shapes_config, tmp_path)
     runner = Runner.from_cfg(cfg.copy())
-    runner_rec = OptimizerRecorder()
+    runner_rec = RunnerRecorder()
     runner.register_hook(runner_rec, priority="VERY_LOW")
     runner.train()
     runner_map = runner.message_hub.get_scalar("val/coco/bbox_mAP").current()
 
-    pl.seed_everything(cfg.randomness.seed)
-    module = MMDetModule.from_config(cfg)
-    trainer_rec = TrainerRecorder()
-    trainer = pl.Trainer(
-        max_epochs=MAX_EPOCHS, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, num_sanity_val_steps=0, check_val_every_n_epoch=MAX_EPOCHS,
-        callbacks=[trainer_rec], default_root_dir=str(tmp_path / "lightning"),
-    )
-    trainer.fit(module, datamodule=MMDetDataModule.from_config(cfg))
-    trainer_map = float(trainer.callback_metrics["coco/bbox_mAP"])
+    _, trainer_rec, trainer_map = fit_as_runner(cfg, tmp_path, MAX_EPOCHS)
 
     iters = len(runner_rec.lrs)
     assert iters > WARMUP_ITERS and iters // MAX_EPOCHS < WARMUP_ITERS, "the run must cross warm-up and epochs"

@@ -17,14 +17,16 @@ WARMUP_ITERS = 10
 
 
 class RunnerRecorder(Hook):
-    """Learning rate before, and losses after, every iteration of mmengine's runner."""
+    """Learning rate before, and losses after, every iteration of mmengine's runner. The learning rates are the
+    optimizer's own groups: ``OptimWrapper.param_groups`` appends its ``base_param_settings`` (the defaults) when
+    there are several groups (``paramwise_cfg``)."""
 
     def __init__(self) -> None:
         self.lrs: list[list[float]] = []
         self.losses: list[dict[str, float]] = []
 
     def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
-        self.lrs.append([g["lr"] for g in runner.optim_wrapper.param_groups])
+        self.lrs.append([g["lr"] for g in runner.optim_wrapper.optimizer.param_groups])
 
     def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
         self.losses.append({k: float(v.detach()) for k, v in outputs.items()})
@@ -42,6 +44,21 @@ class TrainerRecorder(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.losses.append({k: float(v) for k, v in outputs["log_vars"].items()})
+
+
+def fit_as_runner(cfg: Any, tmp_path: Any, max_epochs: int) -> tuple[MMDetModule, TrainerRecorder, float]:
+    """``cfg`` under pl.Trainer as the Runner trains it (same seed, validation at the end only): the module, its
+    records and the final ``coco/bbox_mAP``."""
+    pl.seed_everything(cfg.randomness.seed)
+    module = MMDetModule.from_config(cfg)
+    recorder = TrainerRecorder()
+    trainer = pl.Trainer(
+        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, num_sanity_val_steps=0, check_val_every_n_epoch=max_epochs,
+        callbacks=[recorder], default_root_dir=str(tmp_path / "lightning"),
+    )
+    trainer.fit(module, datamodule=MMDetDataModule.from_config(cfg))
+    return module, recorder, float(trainer.callback_metrics["coco/bbox_mAP"])
 
 
 def _config(shapes_config: Any, tmp_path: Any, load_from: Any) -> Any:
@@ -72,16 +89,7 @@ def test_trainer_matches_mmengine_runner(shapes_config: Any, tmp_path: Any, trai
     runner_map = runner.message_hub.get_scalar("val/coco/bbox_mAP").current()
     runner_state = {k: v.detach().clone() for k, v in runner.model.state_dict().items()}
 
-    pl.seed_everything(cfg.randomness.seed)
-    module = MMDetModule.from_config(cfg)
-    trainer_rec = TrainerRecorder()
-    trainer = pl.Trainer(
-        max_epochs=MAX_EPOCHS, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, num_sanity_val_steps=0, check_val_every_n_epoch=MAX_EPOCHS,
-        callbacks=[trainer_rec], default_root_dir=str(tmp_path / "lightning"),
-    )
-    trainer.fit(module, datamodule=MMDetDataModule.from_config(cfg))
-    trainer_map = float(trainer.callback_metrics["coco/bbox_mAP"])
+    module, trainer_rec, trainer_map = fit_as_runner(cfg, tmp_path, MAX_EPOCHS)
 
     iters = len(runner_rec.lrs)
     assert iters >= 30 and iters // MAX_EPOCHS < WARMUP_ITERS, "the run must cross warm-up and epoch boundaries"
