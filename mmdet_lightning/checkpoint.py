@@ -257,13 +257,24 @@ def to_mmdet_checkpoint(lightning_checkpoint: str | os.PathLike, output: str | o
         FileNotFoundError: the Lightning checkpoint does not exist.
     """
     checkpoint = load_checkpoint_file(lightning_checkpoint, trust=trust)
-    state = {_strip_prefix(k): v for k, v in checkpoint["state_dict"].items()}
-    meta = dict(checkpoint.get("meta") or {})
-    meta.update(epoch=checkpoint.get("epoch"), iter=checkpoint.get("global_step"))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state, "meta": meta}, output)
+    torch.save(mmdet_checkpoint(checkpoint["state_dict"], checkpoint.get("meta"), checkpoint.get("epoch"),
+                                checkpoint.get("global_step")), output)
     return output
+
+
+def mmdet_checkpoint(state_dict: Mapping[str, Any], meta: Mapping[str, Any] | None, epoch: int | None,
+                     iteration: int | None) -> dict[str, Any]:
+    """The checkpoint mmdet's tools read: ``state_dict`` with the detector's keys (a LightningModule's
+    ``model.`` prefix stripped), ``meta`` (``dataset_meta``) with ``epoch`` and ``iter``.
+
+    Example::
+        >>> mmdet_checkpoint({"model.head.weight": torch.zeros(1)}, None, 1, 8)["state_dict"].keys()
+        dict_keys(['head.weight'])
+    """
+    return {"state_dict": {_strip_prefix(k): v for k, v in state_dict.items()},
+            "meta": {**(meta or {}), "epoch": epoch, "iter": iteration}}
 
 
 if __name__ == "__main__":

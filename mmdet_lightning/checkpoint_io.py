@@ -115,12 +115,17 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 os.remove(temporary)
 
     def _remember_md5(self, target: Path, buffer: io.BytesIO) -> None:
-        digest = base64.b64encode(hashlib.md5(buffer.getbuffer(), usedforsecurity=False).digest()).decode("ascii")
+        digest = md5_base64(buffer)
         key = os.path.abspath(target)
         self._digests.pop(key, None)
         self._digests[key] = (digest, _identity(target))
         while len(self._digests) > self.KEPT_DIGESTS:
             self._digests.pop(next(iter(self._digests)))
+
+
+def md5_base64(buffer: io.BytesIO) -> str:
+    """The MD5 of ``buffer``'s bytes, base64-encoded as W&B's artifact manifests hold digests."""
+    return base64.b64encode(hashlib.md5(buffer.getbuffer(), usedforsecurity=False).digest()).decode("ascii")
 
 
 def _identity(path: str | os.PathLike[str]) -> tuple[int, int, int, int]:

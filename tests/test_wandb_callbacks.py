@@ -243,6 +243,38 @@ def test_checkpoint_artifact_is_hashed_once_and_not_cached(shapes_config: Any, t
     assert entry.digest == md5_file_b64(str(path)) == trainer.strategy.checkpoint_io.md5_of(path)
 
 
+def test_weights_only_checkpoint_artifact_is_the_mmdet_checkpoint(shapes_config: Any, tmp_path: Path) -> None:
+    """checkpoint_weights_only=True: the artifact holds what to_mmdet_checkpoint writes from the saved checkpoint
+    (same tensors, dataset_meta), smaller than the checkpoint, hashed from memory; the checkpoint stays on disk."""
+    import torch
+    from wandb.sdk.lib.hashutil import md5_file_b64
+
+    from mmdet_lightning.checkpoint import to_mmdet_checkpoint
+
+    cfg = shapes_config("shapes_retinanet.py")
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path))
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1)
+    callback = MMDetWandbCallback(log_checkpoint=True, checkpoint_weights_only=True, num_eval_images=0)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, accelerator="cpu", logger=logger,
+                         callbacks=[checkpoint, callback], enable_progress_bar=False, num_sanity_val_steps=0)
+    trainer.fit(MMDetModule(cfg), datamodule=MMDetDataModule(cfg))
+    logger.experiment.finish()
+    [model] = _versions(read_records(find_run_file(tmp_path)), "_model")
+    [entry] = model.manifest.contents
+    [path] = (tmp_path / "ckpt").glob("*.ckpt")
+    assert entry.path == path.with_suffix(".pth").name and entry.skip_cache
+    metadata = json.loads(model.metadata)
+    assert metadata["weights_only"] is True and "coco/bbox_mAP" in metadata
+    uploaded = Path(entry.local_path)
+    assert entry.digest == md5_file_b64(str(uploaded))
+    assert uploaded.stat().st_size < 0.6 * path.stat().st_size  # no optimizer state
+    weights = torch.load(uploaded, weights_only=True)
+    expected = torch.load(to_mmdet_checkpoint(path, tmp_path / "expected.pth"), weights_only=True)
+    assert weights["state_dict"].keys() == expected["state_dict"].keys()
+    assert all(torch.equal(weights["state_dict"][k], v) for k, v in expected["state_dict"].items())
+    assert weights["meta"] == expected["meta"] and weights["meta"]["dataset_meta"]["classes"]
+
+
 def test_checkpoint_interval_must_be_a_multiple_of_validation(shapes_config: Any, tmp_path: Path) -> None:
     cfg = shapes_config("shapes_retinanet.py")
     trainer = pl.Trainer(max_epochs=3, check_val_every_n_epoch=2, limit_train_batches=1, accelerator="cpu",

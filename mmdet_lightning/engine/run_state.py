@@ -33,11 +33,19 @@ def save_run_state(module: MMDetModule, checkpoint: dict[str, Any]) -> None:
         **module.schedules.state_dict(),
         "skipped_steps": module.invalid_loss_check.skipped_steps,
     }
-    for loaders in (module.trainer.train_dataloader, module.trainer.val_dataloaders):
+    metainfo = dataset_meta(module.trainer)
+    if metainfo is not None:
+        checkpoint["meta"] = {"dataset_meta": metainfo}
+
+
+def dataset_meta(trainer: Any) -> dict[str, Any] | None:
+    """The metainfo (class names, palette) of the trainer's training data, else of its validation data; None
+    where neither names classes. What mmdet's tools read from a checkpoint's ``meta.dataset_meta``."""
+    for loaders in (trainer.train_dataloader, trainer.val_dataloaders):
         metainfo = getattr(first_dataset(loaders), "metainfo", None) or {}
         if metainfo.get("classes"):
-            checkpoint["meta"] = {"dataset_meta": dict(metainfo)}
-            return
+            return dict(metainfo)
+    return None
 
 
 def restore_run_state(module: MMDetModule, state: dict[str, Any] | None) -> None:

@@ -39,6 +39,8 @@ class MMDetWandbCallback(Callback):
         interval: log training scalars every N iterations, averaged over them.
         log_checkpoint: upload each checkpoint of ``ModelCheckpoint`` as artifact ``run_<id>_model``.
         log_checkpoint_metadata: add epoch, step and the latest eval metrics to the checkpoint artifacts.
+        checkpoint_weights_only: upload the detector's weights alone (an mmdet ``.pth``, no optimizer state)
+            instead of the whole checkpoint; the full checkpoint stays on disk.
         num_eval_images: validation images in the W&B tables; 0 turns the tables off.
         bbox_score_thr: predictions with a higher score go into the prediction table (and the analytics).
         mean_confidence: add a mean-confidence column a class to ``eval_data``.
@@ -66,6 +68,7 @@ class MMDetWandbCallback(Callback):
         interval: int = 50,
         log_checkpoint: bool = False,
         log_checkpoint_metadata: bool = True,
+        checkpoint_weights_only: bool = False,
         num_eval_images: int = 100,
         bbox_score_thr: float = 0.3,
         mean_confidence: bool = True,
@@ -84,7 +87,7 @@ class MMDetWandbCallback(Callback):
         self.parts: list[Callback] = [WandbIntervalMetrics(interval=interval)]
         if log_checkpoint:
             self.parts.append(WandbCheckpointArtifacts(log_checkpoint_metadata=log_checkpoint_metadata,
-                                                       worker=self.worker))
+                                                       weights_only=checkpoint_weights_only, worker=self.worker))
         if num_eval_images > 0:
             self.parts.append(WandbDetectionTables(num_eval_images=num_eval_images, bbox_score_thr=bbox_score_thr,
                                                    mean_confidence=mean_confidence, worker=self.worker))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import time
@@ -9,9 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .._compat import lightning as lightning_compat
 from .._compat import wandb as wandb_compat
-from ..checkpoint_io import CheckpointWriteError, SafeCheckpointIO
+from ..checkpoint import mmdet_checkpoint
+from ..checkpoint_io import CheckpointWriteError, SafeCheckpointIO, md5_base64
+from ..engine.run_state import dataset_meta
 from ..lightning_package import pl
 from ..tasks import task_of
 from ._common import find_wandb_logger, finish_run, warn_if_other_run
@@ -96,8 +101,15 @@ class WandbCheckpointArtifacts(Callback):
     id come back from the callback's state: nothing is uploaded twice and aliases continue (``epoch_N`` /
     ``iter_N`` from the trainer).
 
+    With ``weights_only=True`` each version holds the detector's weights alone, as the mmdet checkpoint
+    ``<name>.pth`` that :func:`~mmdet_lightning.checkpoint.to_mmdet_checkpoint` writes (``state_dict`` and
+    ``meta.dataset_meta``: what mmdet's ``init_detector`` and ``MMDetModule(load_from=...)`` read), without the
+    optimizer state: a half to a third of the upload. It is serialised from the model in memory when the checkpoint
+    is saved (hashed from memory too); the full checkpoint stays on disk for resuming.
+
     Args:
         log_checkpoint_metadata: add epoch, step and the latest eval metrics to each version's metadata.
+        weights_only: upload the detector's weights (an mmdet ``.pth``) instead of the whole Lightning checkpoint.
         upload_on_exception: when training stops on an exception or interrupt, upload the newest checkpoint.
         background: upload on a background thread, so that training goes on meanwhile; False uploads in
             the checkpoint hook (for debugging).
@@ -115,8 +127,9 @@ class WandbCheckpointArtifacts(Callback):
     UPLOAD_ATTEMPTS = 3
 
     def __init__(self, log_checkpoint_metadata: bool = True, upload_on_exception: bool = True,
-                 background: bool = True, worker: BackgroundWorker | None = None) -> None:
+                 background: bool = True, worker: BackgroundWorker | None = None, weights_only: bool = False) -> None:
         self.log_checkpoint_metadata = log_checkpoint_metadata
+        self.weights_only = weights_only
         self.upload_on_exception = upload_on_exception
         self.worker = worker if worker is not None else BackgroundWorker(background=background)
         # file path -> global step it was uploaded at (handed over); the worker takes failed uploads back out
@@ -224,15 +237,22 @@ class WandbCheckpointArtifacts(Callback):
         metadata.update(task_of(trainer.lightning_module).artifact_metadata())  # a grounding model's prompt
         metadata.update(extra or {})
         name = f"run_{run.id}_{self.ARTIFACT_TYPE}"
+        folder = Path(run.dir).parent / "checkpoint_links"
+        md5: str | None = None
         try:
-            link = _link_for_upload(Path(path), Path(run.dir).parent / "checkpoint_links", trainer.global_step)
+            if self.weights_only:
+                metadata["weights_only"] = True
+                link, md5 = _weights_for_upload(trainer, Path(path), folder)
+            else:
+                link = _link_for_upload(Path(path), folder, trainer.global_step)
         except OSError as err:  # a file-system failure must not stop training
             rank_zero_warn(f"W&B: could not log checkpoint {path} as artifact {name} ({type(err).__name__}: {err}); "
                            "training goes on, the file stays on disk.")
             return
         self.uploaded[path] = trainer.global_step
         checkpoint_io = getattr(trainer.strategy, "checkpoint_io", None)
-        md5 = checkpoint_io.md5_of(link) if isinstance(checkpoint_io, SafeCheckpointIO) else None
+        if md5 is None and isinstance(checkpoint_io, SafeCheckpointIO):
+            md5 = checkpoint_io.md5_of(link)
         self.worker.submit(self._log_artifact, run, path, link, name, aliases, metadata, md5)
 
     def _log_artifact(self, run: Any, path: str, link: Path, name: str, aliases: list[str],
@@ -243,7 +263,8 @@ class WandbCheckpointArtifacts(Callback):
         for attempt in range(1, self.UPLOAD_ATTEMPTS + 1):
             try:
                 artifact = wandb.Artifact(name, type=self.ARTIFACT_TYPE, metadata=metadata)
-                wandb_compat.artifact_add_file_with_digest(artifact, str(link), Path(path).name, md5)
+                entry = Path(path).with_suffix(".pth").name if self.weights_only else Path(path).name
+                wandb_compat.artifact_add_file_with_digest(artifact, str(link), entry, md5)
                 run.log_artifact(artifact, aliases=aliases)
                 return
             except Exception as err:  # a W&B or file-system failure must not stop training
@@ -283,6 +304,21 @@ def _link_for_upload(path: Path, folder: Path, step: int) -> Path:
     except OSError:
         shutil.copy2(path, target)
     return target
+
+
+def _weights_for_upload(trainer: pl.Trainer, path: Path, folder: Path) -> tuple[Path, str]:
+    """The module's detector weights, as the mmdet checkpoint that ``to_mmdet_checkpoint(path)`` would write, in
+    ``folder``; and the file's MD5, hashed from memory. Called when ``path`` has just been saved: the model in
+    memory holds its weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = dataset_meta(trainer)
+    checkpoint = mmdet_checkpoint(trainer.lightning_module.state_dict(), {"dataset_meta": meta} if meta else None,
+                                  trainer.current_epoch, trainer.global_step)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    target = folder / f"step{trainer.global_step}-{path.stem}.pth"
+    target.write_bytes(buffer.getbuffer())
+    return target, md5_base64(buffer)
 
 
 def _check_intervals(trainer: pl.Trainer, callback: ModelCheckpoint) -> None:
