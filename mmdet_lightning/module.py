@@ -70,8 +70,9 @@ class MMDetModule(pl.LightningModule):
     ``param_scheduler``; evaluation from ``val_evaluator`` / ``test_evaluator`` (mmdet's ``CocoMetric``),
     logged under mmdet's names (``coco/bbox_mAP``, ...). Validation, test and predict steps return
     mmdet ``DetDataSample`` lists with predictions in original-image coordinates. What depends on the task
-    (detection and instance segmentation today) is the ``task``'s (:mod:`mmdet_lightning.tasks`); a subclass can
-    replace :meth:`compute_losses` and keep the rest of the training step (invalid-loss check, optimizer step).
+    (detection and instance segmentation, panoptic, semi-supervised, grounding) is the ``task``'s
+    (:mod:`mmdet_lightning.tasks`); a subclass can replace :meth:`compute_losses` and keep the rest of the
+    training step (invalid-loss check, optimizer step).
 
     Args:
         config: mmdet config: a file path, a dict or an mmengine ``Config``.
