@@ -6,10 +6,12 @@ train on it for ``--iters`` steps after ``--warmup`` (data preprocessor, ``mode=
 backward, SGD step; no data loading in the timing). The side is chosen with ``MMDET_LIGHTNING_MMCV_OPS``:
 ``auto`` takes the compiled ``mmcv._ext`` (run this in an environment that has it), ``torch`` forces the PyTorch
 ops. Each run also times every call into ``mmcv._ext`` (which functions, how many calls, milliseconds per step),
-which is where the two sides differ. Sides alternate, order swapped every repeat; printed: the median over
-repeats of each run's median step, the ratio torch / compiled and the ext-time per step. Steps are timed in CPU
-time of the process (``time.process_time``, one torch thread by default): on a shared machine wall time varies
-threefold with the neighbours' load, CPU time much less; wall-clock medians are printed beside.
+which is where the two sides differ, and the loss of every step (same weights, batch and steps on both sides: the
+largest relative difference is how far the ops' float differences move training). Sides alternate, order swapped
+every repeat; printed: the median over repeats of each run's median step, the ratio torch / compiled and the
+ext-time per step. Steps are timed in CPU time of the process (``time.process_time``, one torch thread by default):
+on a shared machine wall time varies threefold with the neighbours' load, CPU time much less; wall-clock medians
+are printed beside.
 
     python benchmarks/mmcv_ops.py                                  # the four shipped configs, 3 repeats
     python benchmarks/mmcv_ops.py --configs shapes_faster_rcnn.py --repeats 5 --iters 40 --threads 2
@@ -74,7 +76,7 @@ def _one_run(config: str, iters: int, warmup: int, threads: int, data_root: str)
     model.init_weights()
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    times, cpu_times = [], []
+    times, cpu_times, step_losses = [], [], []
     for i in range(warmup + iters):
         if i == warmup:
             calls.clear()
@@ -85,12 +87,13 @@ def _one_run(config: str, iters: int, warmup: int, threads: int, data_root: str)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        step_losses.append(float(loss))
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
     ext_ms = {k: [len(v) / iters, 1000 * sum(v) / iters] for k, v in sorted(calls.items())}
     return {"backend": ops_backend(), "ms": 1000 * statistics.median(cpu_times[warmup:]),
             "wall_ms": 1000 * statistics.median(times[warmup:]),
-            "ext_ms": sum(v[1] for v in ext_ms.values()), "ext": ext_ms, "loss": float(loss)}
+            "ext_ms": sum(v[1] for v in ext_ms.values()), "ext": ext_ms, "losses": step_losses}
 
 
 def main() -> None:
@@ -134,6 +137,9 @@ def main() -> None:
             "compiled_wall_ms": round(c_wall, 1),
             "torch_wall_ms": round(t_wall, 1),
             "wall_ratio": round(t_wall / c_wall, 3),
+            # same weights, batch and steps on both sides: how far the ops' float differences move the loss
+            "max_rel_loss_diff": max(abs(a - b) / max(abs(a), 1e-12)
+                                     for a, b in zip(comp[0]["losses"], pure[0]["losses"], strict=True)),
             "compiled_ext_ms": round(statistics.median(r["ext_ms"] for r in comp), 2),
             "torch_ext_ms": round(statistics.median(r["ext_ms"] for r in pure), 2),
             "compiled_runs_ms": [round(r["ms"], 1) for r in comp],
@@ -145,7 +151,8 @@ def main() -> None:
         results[config] = row
         print(f"{config:24s} CPU ms/step: compiled {c_ms:7.1f}  torch {t_ms:7.1f}  ratio {t_ms / c_ms:.3f}  "
               f"(in mmcv._ext: {row['compiled_ext_ms']} / {row['torch_ext_ms']}); wall: {c_wall:.1f} / "
-              f"{t_wall:.1f}, ratio {t_wall / c_wall:.3f}", flush=True)
+              f"{t_wall:.1f}, ratio {t_wall / c_wall:.3f}; max rel loss diff {row['max_rel_loss_diff']:.1e} "
+              f"over {len(pure[0]['losses'])} steps", flush=True)
     print(json.dumps(results))
 
 

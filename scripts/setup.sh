@@ -6,18 +6,17 @@
 #   PYTHON=python3       interpreter that creates it
 #   TORCH_SPEC=torch==2.13.0   torch to install when the environment has none (a CUDA build already
 #                              installed is kept)
-#   MMCV_OPS=compiled    compiled (default for now): mmcv built from source with its C++ (and CUDA, with nvcc) ops;
-#                        about 10 minutes on 2 cores the first time, pip caches the wheel. Replaces an installed
-#                        mmcv-lite.
-#                        lite: mmcv-lite, mmcv's pure-python distribution, no compiler; mmcv's compiled ops are then
-#                        served in PyTorch by mmdet_lightning.mmcv_ext. An mmcv with compiled ops already installed
-#                        is kept. To become the default once the whole suite has passed in this mode.
+#   MMCV_OPS=lite        lite (default): mmcv-lite, mmcv's pure-python distribution, wheels only, no compiler;
+#                        mmcv's compiled ops are then served in PyTorch by mmdet_lightning.mmcv_ext. An mmcv with
+#                        compiled ops already installed is kept.
+#                        compiled: mmcv built from source with its C++ (and CUDA, with nvcc) ops; about 10 minutes
+#                        on 2 cores the first time, pip caches the wheel. Replaces an installed mmcv-lite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-MMCV_OPS=${MMCV_OPS:-compiled}
+MMCV_OPS=${MMCV_OPS:-lite}
 MMCV_SPEC=${MMCV_SPEC:-mmcv==2.1.0}
 MMCV_LITE_SPEC=${MMCV_LITE_SPEC:-mmcv-lite==2.1.0}
 case "$MMCV_OPS" in
