@@ -213,7 +213,7 @@ def test_soft_teacher_run_logs_teacher_and_student_to_wandb(semi_shapes_config: 
     """An offline W&B run read back from its transaction log: teacher and student metrics, the `eval_data` table with
     teacher and student predictions side by side, the model artifact with the teacher's and student's metrics."""
     from mmdet_lightning.callbacks import MMDetWandbCallback
-    from mmdet_lightning.wandb.records import artifacts, find_run_file, history, read_records
+    from mmdet_lightning.wandb.records import artifacts, find_run_file, history, read_records, summary
     from tests.test_wandb_callbacks import _table
 
     steps, threshold = 4, 0.2
@@ -224,8 +224,8 @@ def test_soft_teacher_run_logs_teacher_and_student_to_wandb(semi_shapes_config: 
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=steps,
                                               monitor=monitor, mode="max")
     recorder = TeacherStudentRecorder(threshold)
-    callback = MMDetWandbCallback(interval=2, log_checkpoint=True, num_eval_images=3, bbox_score_thr=threshold,
-                                  monitor=monitor)
+    # the analytics' monitor left at its default (coco/bbox_mAP): the summary takes the teacher's
+    callback = MMDetWandbCallback(interval=2, log_checkpoint=True, num_eval_images=3, bbox_score_thr=threshold)
     trainer = pl.Trainer(max_steps=steps, max_epochs=-1, val_check_interval=steps, check_val_every_n_epoch=None,
                          accelerator="cpu", logger=logger, enable_progress_bar=False, num_sanity_val_steps=0,
                          callbacks=[*callbacks_from_config(cfg), recorder, checkpoint, callback],
@@ -241,6 +241,7 @@ def test_soft_teacher_run_logs_teacher_and_student_to_wandb(semi_shapes_config: 
     for name in ("teacher", "student"):
         assert row[f"{name}/coco/bbox_mAP_50"] == pytest.approx(module.last_eval_metrics[f"{name}/coco/bbox_mAP_50"])
     assert "coco/bbox_mAP" not in row
+    assert summary(records)[f"best/{monitor}"] == pytest.approx(row[monitor])
 
     (pred,) = [a for a in artifacts(records) if a.name == f"run_{run_id}_pred"]
     table = _table(pred, "eval_data")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -64,7 +65,8 @@ class WandbEvalAnalytics(Callback):
         bbox_score_thr: detections counted in ``num_det`` have a higher score; the confusion matrix takes
             those with a score >= it (as mmdet's tool).
         tp_iou_thr: IoU from which a detection matches a ground truth in the confusion matrix.
-        monitor: the metric whose best value goes into the summary.
+        monitor: the metric whose best value goes into the summary; where the evaluation prefixes its metrics
+            by model (semi-supervised: ``teacher/``, ``student/``), the first model's (``best/teacher/coco/bbox_mAP``).
         mode: ``"max"`` or ``"min"``: which value of ``monitor`` is best.
         background: count the FLOPs on a background thread; False counts them in the validation step.
         worker: the worker to use (``MMDetWandbCallback`` shares one among its parts); by default its own.
@@ -104,6 +106,7 @@ class WandbEvalAnalytics(Callback):
         self.mode = mode
         self.best: float | None = None
         self.best_epoch: int | None = None
+        self._best_key = monitor  # the metric the best value is of (a prefixed one: see monitored_key)
         #: the model's parameters and FLOPs once counted ({} while the worker counts them)
         self.complexity: dict[str, float] | None = None
         self.worker = worker if worker is not None else BackgroundWorker(background=background)
@@ -237,12 +240,15 @@ class WandbEvalAnalytics(Callback):
 
     def _summarise(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         summary = self._logger.experiment.summary
-        value = getattr(pl_module, "last_eval_metrics", {}).get(self.monitor)
+        metrics = getattr(pl_module, "last_eval_metrics", {})
+        key = monitored_key(metrics, self.monitor)
+        value = metrics.get(key)
         if trainer.state.fn == "fit" and value is not None and not np.isnan(value):
             if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
                 self.best, self.best_epoch = float(value), trainer.current_epoch + 1
+                self._best_key = key
         if self.best is not None:
-            summary[f"best/{self.monitor}"] = self.best
+            summary[f"best/{self._best_key}"] = self.best
             summary["best/epoch"] = self.best_epoch
         if self.complexity:
             self._summarise_complexity()
@@ -253,11 +259,25 @@ class WandbEvalAnalytics(Callback):
         self._logger.experiment.summary.update({f"model/{k}": v for k, v in (self.complexity or {}).items()})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch}
+        return {"best": self.best, "best_epoch": self.best_epoch, "best_key": self._best_key}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if getattr(self, "_stage", "fit") == "fit":  # `validate --ckpt_path` restores callbacks too: not its best
             self.best, self.best_epoch = state_dict.get("best"), state_dict.get("best_epoch")
+            self._best_key = state_dict.get("best_key") or self.monitor
+
+
+def monitored_key(metrics: Mapping[str, Any], monitor: str) -> str:
+    """``monitor``, or where the evaluation prefixes its metrics by model (a semi-supervised run's
+    ``teacher/coco/bbox_mAP`` and ``student/...``) and ``monitor`` is not among them, the first prefixed one.
+
+    Example::
+        >>> monitored_key({"teacher/coco/bbox_mAP": 0.5, "student/coco/bbox_mAP": 0.4}, "coco/bbox_mAP")
+        'teacher/coco/bbox_mAP'
+    """
+    if monitor in metrics:
+        return monitor
+    return next((key for key in metrics if key.endswith(f"/{monitor}")), monitor)
 
 
 def model_complexity(pl_module: torch.nn.Module, batch: Any) -> dict[str, float]:
