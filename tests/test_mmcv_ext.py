@@ -321,6 +321,23 @@ def test_modulated_deform_conv_equals_compiled(dtype, with_bias: bool) -> None:
         torch.testing.assert_close(o, e, **TOL[dtype], msg=lambda m, name=name: f"{name}: {m}")
 
 
+@needs_compiled
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_modulated_deform_conv_with_a_larger_offset_equals_compiled(dtype) -> None:
+    """mmdet's DyHead (GLIP) passes a larger level's offsets and masks to a smaller output: mmcv's kernel reads each
+    sample's first (dg * k * 2, Ho, Wo) values, and gives the rest no gradient."""
+    x, weight, offset, mask, bias, grad, p = _dcn_inputs(dtype, True)
+    g = torch.Generator().manual_seed(14)
+    n, _, ho, wo = offset.shape
+    offset = (torch.randn(n, offset.size(1), ho + 3, wo + 2, generator=g) * 3).to(dtype)
+    mask = torch.rand(n, mask.size(1), ho + 3, wo + 2, generator=g).to(dtype)
+    exp = _modulated_run(COMPILED, x, weight, offset, mask, bias, grad, p, True)
+    got = _modulated_run(ours, x, weight, offset, mask, bias, grad, p, True)
+    names = ("output", "grad_input", "grad_weight", "grad_bias", "grad_offset", "grad_mask")
+    for name, e, o in zip(names, exp, got, strict=False):
+        torch.testing.assert_close(o, e, **TOL[dtype], msg=lambda m, name=name: f"{name}: {m}")
+
+
 # ---------------------------------------------------------------------------------------------------- focal losses
 def _sigmoid_focal_reference(x, t, gamma, alpha):
     p = torch.sigmoid(x)

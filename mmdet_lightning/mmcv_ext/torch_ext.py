@@ -598,7 +598,12 @@ def _deform_columns(input: Tensor, offset: Tensor, mask: Tensor | None, kh: int,
     k = kh * kw
     dt = input.dtype
     dev = input.device
-    off = offset.view(n, dg, k, 2, ho, wo)
+    if mask is not None and offset[0].numel() != dg * k * 2 * ho * wo:
+        # mmcv's modulated kernel reads each sample's offset and mask as (dg * k * 2, Ho, Wo) from their start
+        # whatever their shape: mmdet's DyHead passes a larger level's offsets to a smaller output
+        offset = offset.reshape(n, -1)[:, : dg * k * 2 * ho * wo]
+        mask = mask.reshape(n, -1)[:, : dg * k * ho * wo]
+    off = offset.reshape(n, dg, k, 2, ho, wo)
     ki = torch.arange(kh, device=dev).repeat_interleave(kw)
     kj = torch.arange(kw, device=dev).repeat(kh)
     base_h = (torch.arange(ho, device=dev)[None, :] * sh - ph + ki[:, None] * dh).to(dt)  # (K, Ho)
