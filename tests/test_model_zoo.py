@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,8 @@ from mmengine.config import Config
 
 from mmdet_lightning.model_zoo import REPRESENTATIVES, adapt_to_dataset, family_config, mmdet_configs_dir, run_family
 from mmdet_lightning.synthetic import CLASSES, STUFF_CLASSES, ShapesConfig, make_shapes_dataset
+
+from .helpers.user_env import REPO, explain, run_as_user
 
 FAST_FAMILIES = ["yolox", "rtmdet", "detr", "condinst"]  # custom hooks, transformer, instance masks
 
@@ -99,6 +104,35 @@ def test_panoptic_configs_are_pointed_at_the_panoptic_data_as_the_shapes_config_
 
     with pytest.raises(ValueError, match="panoptic segmentation model: pass `stuff_classes`"):
         adapt_to_dataset(Config.fromfile(str(family_config("panoptic_fpn"))), panoptic_root, CLASSES)
+
+
+def _doc_rows(doc: Path) -> dict[str, list[str]]:
+    rows = [line.strip("|").split(" | ") for line in doc.read_text().splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [c.strip() for c in cells] for cells in rows if cells[0].strip() != "family"}
+
+
+def test_a_sweep_of_some_families_updates_their_rows_only(tmp_path: Path) -> None:
+    """`model_zoo_sweep.py --table-only` merges a results file into the doc: the families in it get their new
+    status, the other rows and every "no compiler" cell stay, the header counts are those of all rows."""
+    doc = tmp_path / "model_zoo.md"
+    shutil.copy(REPO / "docs" / "model_zoo.md", doc)
+    before = _doc_rows(doc)
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps({"family": "retinanet", "config": REPRESENTATIVES["retinanet"], "status": "timeout",
+                                   "reason": "still running after 1 s", "seconds": 1.0}) + "\n")
+    done = run_as_user(["python", str(REPO / "tools" / "model_zoo_sweep.py"), "--table-only", "--results",
+                        str(results), "--doc", str(doc)], tmp_path, timeout=120)
+    assert done.returncode == 0, explain(done)
+    after = _doc_rows(doc)
+    assert after.keys() == before.keys() and len(after) == len(REPRESENTATIVES)
+    assert {k: v for k, v in after.items() if k != "retinanet"} == {k: v for k, v in before.items() if k != "retinanet"}
+    family, config, status, side, seconds, no_compiler, reason = after["retinanet"]
+    assert (status, side, seconds, reason) == ("timeout", "", "1.0", "still running after 1 s")
+    assert no_compiler == before["retinanet"][5] and no_compiler.startswith("yes")
+    counts = Counter(row[2] for row in after.values())
+    header = next(line for line in doc.read_text().splitlines() if line.endswith(".") and "families:" in line)
+    assert header.startswith(f"{len(after)} families: ") and f"{counts['timeout']} timeout" in header
+    assert all(f"{n} {status}" in header for status, n in counts.items())
 
 
 def test_task_we_do_not_cover_is_reported(tiny_shapes: Path, tmp_path: Path) -> None:
