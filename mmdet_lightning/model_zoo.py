@@ -596,7 +596,10 @@ def _train_validate_predict(cfg: Config, work_dir: Path, iterations: int) -> tup
 
 
 def _runner_error(cfg: Config, work_dir: Path) -> str | None:
-    """The error of mmdet's own ``Runner`` training the same config for one short epoch, or None."""
+    """The error of mmdet's own ``Runner`` training the same config for one short epoch, or None; a non-finite
+    training loss is an error too (mmengine logs ``loss: nan`` and carries on, MMDetModule stops)."""
+    import math
+
     from mmengine.runner import Runner
 
     cfg = copy.deepcopy(cfg)
@@ -611,7 +614,11 @@ def _runner_error(cfg: Config, work_dir: Path) -> str | None:
     hooks["visualization"] = dict(type="DetVisualizationHook", draw=False)
     cfg.default_hooks = hooks
     try:
-        Runner.from_cfg(cfg).train()
+        runner = Runner.from_cfg(cfg)
+        runner.train()
     except Exception as err:  # noqa: BLE001
         return _short(err)
+    loss = runner.message_hub.log_scalars.get("train/loss")
+    if loss is not None and not math.isfinite(float(loss.current())):
+        return f"FloatingPointError: training loss is {float(loss.current())}"
     return None
