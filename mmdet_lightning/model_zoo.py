@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .config import leaf_dataset_cfgs
 from .engine.optimization import plain_optim_wrapper_cfg
 from .tasks.base import is_proposal_head
+from .tasks.panoptic import is_panoptic_model
 
 if TYPE_CHECKING:
     from mmengine.config import Config
@@ -272,8 +273,9 @@ def _drop_pretrained(cfg: Config) -> None:
     cfg.load_from = None
 
 
-def _set_num_classes(cfg: Config, num_classes: int) -> None:
-    """``num_classes`` (RPN heads excepted), ``num_things_classes`` and the per-class loss weights."""
+def _set_num_classes(cfg: Config, num_classes: int, num_stuff: int = 0) -> None:
+    """``num_classes`` (RPN heads excepted), ``num_things_classes``, ``num_stuff_classes`` (panoptic heads) and the
+    per-class loss weights (``class_weight``: one per class, things then stuff, and maybe one for "no object")."""
 
     def visit(node: dict) -> None:
         old = None
@@ -282,14 +284,20 @@ def _set_num_classes(cfg: Config, num_classes: int) -> None:
             if isinstance(node.get(key), int) and node[key] >= 1 and not proposals:
                 old = node[key]
                 node[key] = num_classes
+        if old is None:
+            return
+        new = num_classes
+        if isinstance(node.get("num_stuff_classes"), int):
+            old += node["num_stuff_classes"]
+            node["num_stuff_classes"] = num_stuff
+            new += num_stuff
 
         def weights(child: dict) -> None:
             weight = child.get("class_weight")
-            if old is not None and isinstance(weight, list) and len(weight) in (old, old + 1):
-                child["class_weight"] = weight[:num_classes] + weight[old:]
+            if isinstance(weight, list) and len(weight) in (old, old + 1):
+                child["class_weight"] = weight[:new] + weight[old:]
 
-        if old is not None:
-            _walk(node, weights)
+        _walk(node, weights)
 
     for key, head in list(cfg.model.items()):
         if not is_proposal_head(key):
@@ -332,7 +340,8 @@ def _cap_queries(cfg: Config, num_queries: int) -> None:
 
 
 def adapt_to_dataset(cfg: Config, data_root: str | Path, classes: Sequence[str], *, max_side: int = 128,
-                     train_batch_size: int = 2, val_batch_size: int = 2) -> Config:
+                     train_batch_size: int = 2, val_batch_size: int = 2,
+                     stuff_classes: Sequence[str] | None = None) -> Config:
     """A copy of an mmdet config that trains on the COCO-format dataset at ``data_root`` (the layout of
     :func:`~mmdet_lightning.synthetic.make_shapes_dataset`): datasets become ``CocoDataset``s of ``classes``
     (wrappers such as ``RepeatDataset`` and ``MultiImageMixDataset`` kept, their pipelines kept), the heads
@@ -341,6 +350,13 @@ def adapt_to_dataset(cfg: Config, data_root: str | Path, classes: Sequence[str],
     most 100 object queries or learned proposals, pretrained weights and teacher checkpoints are dropped
     (teacher configs are found in mmdet's package), ``SyncBN`` becomes ``BN`` (one process) and
     ``AmpOptimWrapper`` a plain ``OptimWrapper`` (CUDA only; precision is the Trainer's here).
+
+    A panoptic model (PanopticFPN, MaskFormer, Mask2Former with ``panoptic_on``) trains on the dataset's COCO
+    panoptic annotations instead (the layout of ``make_shapes_dataset(..., panoptic=True)``, as
+    ``configs/mmdet/shapes_panoptic_fpn.py`` reads them): ``CocoPanopticDataset``s of ``classes`` (things) then
+    ``stuff_classes``, panoptic PNGs in ``annotations/panoptic_<split>/``, the heads' ``num_things_classes`` and
+    ``num_stuff_classes`` set, a ``CocoPanopticMetric``, HeuristicFusionHead's ``stuff_area_limit`` shrunk with the
+    image area. ``stuff_classes`` is required for those (``ValueError`` without) and ignored for other models.
 
     Example::
         >>> from mmengine.config import Config
@@ -353,15 +369,25 @@ def adapt_to_dataset(cfg: Config, data_root: str | Path, classes: Sequence[str],
         return cfg
     classes = tuple(classes)
     root = str(data_root).rstrip("/") + "/"
+    panoptic = is_panoptic_model(cfg.model)
+    if panoptic and stuff_classes is None:
+        raise ValueError(
+            f"The config's model `{cfg.model.get('type')}` is a panoptic segmentation model: pass `stuff_classes` "
+            "(e.g. mmdet_lightning.synthetic.STUFF_CLASSES) and a dataset with COCO panoptic annotations "
+            "(make_shapes_dataset(..., panoptic=True), `python -m mmdet_lightning.synthetic --panoptic`).")
+    stuff = tuple(stuff_classes or ()) if panoptic else ()
     _drop_pretrained(cfg)
-    _set_num_classes(cfg, len(classes))
+    _set_num_classes(cfg, len(classes), len(stuff))
     _set_syncbn_to_bn(cfg)
     _cap_detections(cfg, max_per_img=50, nms_pre=500)
     _cap_queries(cfg, num_queries=100)
     if cfg.get("optim_wrapper"):  # AmpOptimWrapper is CUDA only; the Trainer's precision here
         cfg.optim_wrapper = plain_optim_wrapper_cfg(cfg.optim_wrapper, warn=False)
     heads = [type_ for type_ in _types(cfg.model) if type_ in _MIN_SIZE]
+    largest = max(_max_size(cfg.get(key)) for key in ("train_dataloader", "val_dataloader", "test_dataloader"))
     shrink_image_sizes(cfg, max(max_side, *(_MIN_SIZE[t] for t in heads)) if heads else max_side)
+    if panoptic and largest > max_side:
+        _shrink_stuff_area(cfg, (max_side / largest) ** 2)
     with_mask = _has_masks(cfg)
     for key, split, batch_size in (("train_dataloader", "train", train_batch_size),
                                    ("val_dataloader", "val", val_batch_size),
@@ -380,17 +406,34 @@ def adapt_to_dataset(cfg: Config, data_root: str | Path, classes: Sequence[str],
             dataset.update(type="CocoDataset", data_root=root, ann_file=f"annotations/instances_{split}.json",
                            data_prefix=dict(img=f"{split}/"), metainfo=dict(classes=classes), test_mode=test_mode,
                            filter_cfg=dict(filter_empty_gt=True, min_size=4), backend_args=None)
+            if panoptic:
+                dataset.update(type="CocoPanopticDataset", ann_file=f"annotations/panoptic_{split}.json",
+                               data_prefix=dict(img=f"{split}/", seg=f"annotations/panoptic_{split}/"),
+                               metainfo=dict(classes=classes + stuff, thing_classes=classes, stuff_classes=stuff))
             if return_classes is not None:
                 dataset["return_classes"] = return_classes
             if pipeline is not None:
                 dataset["pipeline"] = pipeline
     for key in ("val_evaluator", "test_evaluator"):
-        if cfg.get(key) is not None:
+        if cfg.get(key) is not None and panoptic:
+            cfg[key] = dict(type="CocoPanopticMetric", ann_file=root + "annotations/panoptic_val.json",
+                            seg_prefix=root + "annotations/panoptic_val/", backend_args=None)
+        elif cfg.get(key) is not None:
             cfg[key] = dict(type="CocoMetric", ann_file=root + "annotations/instances_val.json",
                             metric=_coco_metrics(cfg[key], with_mask), backend_args=None)
     _use_local_language_model(cfg, root + TINY_BERT_FOLDER)
     cfg.data_root = root
     return cfg
+
+
+def _shrink_stuff_area(cfg: Config, factor: float) -> None:
+    """HeuristicFusionHead drops stuff regions under ``stuff_area_limit`` pixels (4096 at COCO's scale: a quarter
+    of a 128 px image); the limit shrinks with the image area."""
+    def visit(node: dict) -> None:
+        if isinstance(node.get("stuff_area_limit"), int):
+            node["stuff_area_limit"] = max(1, int(round(node["stuff_area_limit"] * factor)))
+
+    _walk(cfg.model, visit)
 
 
 #: the folder under the dataset's root where the sweep writes a tiny BERT for grounding models
@@ -433,16 +476,18 @@ def _types(node: Any) -> list[str]:
 
 
 def run_family(family: str, data_root: str | Path, work_dir: str | Path, iterations: int = 2,
-               check_with_runner: bool = True) -> dict[str, Any]:
+               check_with_runner: bool = True, panoptic_root: str | Path | None = None) -> dict[str, Any]:
     """Train ``family``'s representative config for ``iterations`` batches, validate and predict through
-    ``pl.Trainer`` (the config's ``custom_hooks`` as callbacks) on the dataset at ``data_root``.
+    ``pl.Trainer`` (the config's ``custom_hooks`` as callbacks) on the dataset at ``data_root``; panoptic models
+    on the one at ``panoptic_root`` (default ``data_root``; made with ``panoptic=True``, with the stuff classes of
+    :data:`~mmdet_lightning.synthetic.STUFF_CLASSES`).
 
     Images are shrunk to 128 px, then 256 and 512 px while the model fails on smaller ones under mmdet's
     runner too (for a reason other than a missing package or a CUDA-only op).
     Returns a record ``{"family", "config", "status", "seconds", "reason", "loss", "predictions", "max_side"}``
     (``predictions``: images predicted) where status is ``pass``, ``fail`` (mmdet's own runner trains the same
     adapted config), ``not-run`` (mmdet's runner fails too on this machine: the reason is its error) or
-    ``not-covered`` (a task this package does not train: panoptic, tracking, grounding).
+    ``not-covered`` (a task this package does not train: tracking, video instance segmentation).
     """
     import math
     import time
@@ -454,7 +499,7 @@ def run_family(family: str, data_root: str | Path, work_dir: str | Path, iterati
                               "reason": "", "loss": None, "predictions": None}
     cfg = None
     try:
-        cfg = _load_adapted(family, data_root)
+        cfg = _load_adapted(family, data_root, panoptic_root=panoptic_root)
         if not cfg.get("model"):
             record.update(status="not-run", reason="the folder holds dataset and schedule settings, no model")
             record["seconds"] = round(time.perf_counter() - start, 1)
@@ -470,7 +515,7 @@ def run_family(family: str, data_root: str | Path, work_dir: str | Path, iterati
         record.update(status="not-run", reason=_short(err))
     for max_side in _SWEEP_SIZES if cfg is not None else ():
         if max_side != _SWEEP_SIZES[0]:  # images too small for this model, for mmdet's runner too: larger ones
-            cfg = _load_adapted(family, data_root, max_side)
+            cfg = _load_adapted(family, data_root, max_side, panoptic_root=panoptic_root)
         record.update(status="fail", max_side=max_side)
         try:
             loss, predictions = _train_validate_predict(cfg, Path(work_dir), iterations)
@@ -499,14 +544,20 @@ def _short(err: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _load_adapted(family: str, data_root: str | Path, max_side: int = 128) -> Config:
+def _load_adapted(family: str, data_root: str | Path, max_side: int = 128,
+                  panoptic_root: str | Path | None = None) -> Config:
+    """``family``'s config adapted to the synthetic shapes at ``data_root``, or at ``panoptic_root`` (default
+    ``data_root``) with :data:`~mmdet_lightning.synthetic.STUFF_CLASSES` for a panoptic model."""
     from mmengine.config import Config
 
     from .config import init_mmdet_scope
-    from .synthetic import CLASSES
+    from .synthetic import CLASSES, STUFF_CLASSES
 
     init_mmdet_scope()
-    cfg = adapt_to_dataset(Config.fromfile(str(family_config(family))), data_root, CLASSES, max_side=max_side)
+    raw = Config.fromfile(str(family_config(family)))
+    if raw.get("model") and is_panoptic_model(raw.model):
+        data_root = panoptic_root or data_root
+    cfg = adapt_to_dataset(raw, data_root, CLASSES, max_side=max_side, stuff_classes=STUFF_CLASSES)
     if (cfg.get("model") or {}).get("language_model"):
         from .language_model import make_tiny_bert
 
@@ -538,13 +589,17 @@ def _train_validate_predict(cfg: Config, work_dir: Path, iterations: int) -> tup
         raise RuntimeError("validation ran but produced no metrics")
     predictions = trainer.predict(module, datamodule=datamodule)
     samples = [sample for batch in predictions or [] for sample in batch]
-    if not samples or not all("pred_instances" in sample for sample in samples):
-        raise RuntimeError(f"predict returned {len(samples)} images, not all with `pred_instances`")
+    if not samples or not all("pred_instances" in sample or "pred_panoptic_seg" in sample for sample in samples):
+        raise RuntimeError(f"predict returned {len(samples)} images, not all with `pred_instances` "
+                           "(or `pred_panoptic_seg`)")
     return (losses[-1] if losses else float("nan")), len(samples)
 
 
 def _runner_error(cfg: Config, work_dir: Path) -> str | None:
-    """The error of mmdet's own ``Runner`` training the same config for one short epoch, or None."""
+    """The error of mmdet's own ``Runner`` training the same config for one short epoch, or None; a non-finite
+    training loss is an error too (mmengine logs ``loss: nan`` and carries on, MMDetModule stops)."""
+    import math
+
     from mmengine.runner import Runner
 
     cfg = copy.deepcopy(cfg)
@@ -559,7 +614,11 @@ def _runner_error(cfg: Config, work_dir: Path) -> str | None:
     hooks["visualization"] = dict(type="DetVisualizationHook", draw=False)
     cfg.default_hooks = hooks
     try:
-        Runner.from_cfg(cfg).train()
+        runner = Runner.from_cfg(cfg)
+        runner.train()
     except Exception as err:  # noqa: BLE001
         return _short(err)
+    loss = runner.message_hub.log_scalars.get("train/loss")
+    if loss is not None and not math.isfinite(float(loss.current())):
+        return f"FloatingPointError: training loss is {float(loss.current())}"
     return None

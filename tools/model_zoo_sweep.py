@@ -37,10 +37,10 @@ MARKER = "MODEL_ZOO_RESULT "
 STATUS_ORDER = {"pass": 0, "fail": 1, "timeout": 2, "not-run": 3, "not-covered": 4}
 
 
-def run_one(family: str, data_root: str, work_dir: str, iterations: int) -> None:
+def run_one(family: str, data_root: str, work_dir: str, iterations: int, panoptic_root: str | None = None) -> None:
     from mmdet_lightning.model_zoo import run_family
 
-    record = run_family(family, data_root, work_dir, iterations=iterations)
+    record = run_family(family, data_root, work_dir, iterations=iterations, panoptic_root=panoptic_root)
     print(MARKER + json.dumps(record), flush=True)
 
 
@@ -49,6 +49,9 @@ def sweep(families: list[str], args: argparse.Namespace) -> None:
 
     work = Path(args.work_dir)
     data_root = make_shapes_dataset(work / "shapes", ShapesConfig(num_train=8, num_val=2, seed=0))
+    # the same shapes with a floor and COCO panoptic annotations, for the panoptic models
+    panoptic_root = make_shapes_dataset(work / "shapes_panoptic",
+                                        ShapesConfig(num_train=8, num_val=2, seed=0, panoptic=True))
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
@@ -57,7 +60,8 @@ def sweep(families: list[str], args: argparse.Namespace) -> None:
 
     def run(family: str) -> None:
         command = [sys.executable, __file__, "--one", family, "--data-root", str(data_root),
-                   "--work-dir", str(work / family), "--iterations", str(args.iterations)]
+                   "--panoptic-root", str(panoptic_root), "--work-dir", str(work / family),
+                   "--iterations", str(args.iterations)]
         start = time.perf_counter()
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
@@ -209,16 +213,17 @@ def write_table(records: dict[str, dict[str, Any]], doc: Path, iterations: int,
         "",
         "Written by `python tools/model_zoo_sweep.py` (do not edit by hand). For each config family (a folder of",
         "mmdet's `configs`), its representative config is adapted to the synthetic shapes dataset",
-        "(`mmdet_lightning.model_zoo.adapt_to_dataset`: 3 classes, images shrunk to 128 px (256, then 512 when",
+        "(`mmdet_lightning.model_zoo.adapt_to_dataset`: 3 classes, and for panoptic models the panoptic mode's 2",
+        "stuff classes and COCO panoptic PNGs; images shrunk to 128 px (256, then 512 when",
         "too small for the model under mmdet's runner too), no pretrained",
         f"weights, SyncBN as BN) and trained for {iterations} iterations, validated and run in predict through",
         "`pl.Trainer`, with the config's `custom_hooks` as callbacks (`callbacks_from_config`), in a fresh process.",
         "",
-        "- **pass**: trained (finite loss), validated (COCO metrics) and predicted.",
+        "- **pass**: trained (finite loss), validated (COCO metrics; PQ for panoptic models) and predicted.",
         "- **fail**: failed under MMDetModule although mmdet's own `Runner` trains the same adapted config.",
         "- **not-run**: mmdet's own `Runner` cannot run the config on this machine either; the reason is its error.",
-        "- **not-covered**: a task this package does not train (panoptic, tracking, grounding);",
-        "  `MMDetModule` refuses the config with this message.",
+        "- **not-covered**: a task this package does not train (video: multi-object tracking, re-identification,",
+        "  video instance segmentation); `MMDetModule` refuses the config with this message.",
         "- **timeout**: did not finish within the sweep's per-family time limit on 2 CPU cores.",
         "",
         "**no compiler** (`--ops`): whether the family runs with mmcv-lite, the default set-up, where",
@@ -258,9 +263,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="list each family's mmcv ops (builds the models, no training) for the no-compiler column")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--data-root", help=argparse.SUPPRESS)
+    parser.add_argument("--panoptic-root", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        run_one(args.one, args.data_root, args.work_dir, args.iterations)
+        run_one(args.one, args.data_root, args.work_dir, args.iterations, args.panoptic_root)
         return
     from mmdet_lightning.model_zoo import REPRESENTATIVES
 
