@@ -4,6 +4,7 @@ Runner, prompting with one's own text, and the errors for a language model or a 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,17 @@ def test_missing_language_model_is_named_at_construction(shapes_config: Any, tmp
     cfg.model.language_model.name = str(tmp_path / "no_such_bert")
     with pytest.raises(LanguageModelError, match=r"(?s)lang_model_name.*no_such_bert.*Hint: point `lang_model_name`"):
         MMDetModule(cfg)
+
+
+def test_misspelt_hub_name_fails_at_once(shapes_config: Any) -> None:
+    """A Hugging Face name that is neither cached nor reachable (a typo; no network here) fails in seconds, not
+    after transformers' retries (about 25 s)."""
+    cfg = shapes_config(CONFIG)
+    cfg.model.language_model.name = "bert-base-uncsed"
+    start = time.monotonic()
+    with pytest.raises(LanguageModelError, match=r"(?s)'bert-base-uncsed'.*Hint: point `lang_model_name`"):
+        MMDetModule(cfg)
+    assert time.monotonic() - start < 10
 
 
 def test_class_the_tokenizer_cannot_split_is_named_at_construction(shapes_config: Any) -> None:
