@@ -4,6 +4,7 @@ Runner, prompting with one's own text, and the errors for a language model or a 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from mmdet_lightning.cli import run
 from mmdet_lightning.evaluation import record_coco_evals
 from mmdet_lightning.language_model import LanguageModelError
 from mmdet_lightning.lightning_package import pl
+from mmdet_lightning.odvg import coco_to_odvg
 from mmdet_lightning.tasks import GroundingTask, task_for_model
 from mmdet_lightning.wandb.records import artifacts, find_run_file, read_records
 
@@ -102,6 +104,52 @@ def test_trainer_matches_mmengine_runner(shapes_config: Any, tmp_path: Path, nam
     assert_same_predictions(trainer_rec.predictions, runner_rec.predictions, min_boxes=8 * 50)
     assert runner_stats[0] > 0.001  # a mAP above 0: boxes on the objects, ranked
     np.testing.assert_allclose(trainer_stats, runner_stats, rtol=0, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_odvg_fine_tune_matches_mmengine_runner(shapes_config: Any, tmp_path: Path) -> None:
+    """MM-Grounding-DINO's fine-tuning data path (``..._finetune_16xb4_1x_sft_coco.py``): the shapes' training
+    set as ODVG (``coco_to_odvg``), read by mmdet's ``ODVGDataset`` with the label map, each image's prompt the
+    classes of its boxes among sampled negatives (``RandomSamplingNegPos``); one epoch under the Runner and the
+    Trainer: the same learning rates and losses every iteration, the same predictions. mmdet 3.3's
+    ``RandomSamplingNegPos`` fails on numpy >= 1.24 (``np.long``) without ``fix_mmdet_text_transforms``."""
+    from mmengine.runner import Runner
+
+    cfg = _equivalence_config(shapes_config, tmp_path, CONFIG)
+    cfg.train_cfg.max_epochs = cfg.train_cfg.val_interval = 1
+    cfg.model.bbox_head.num_classes = 256  # as mmdet's: the sampled prompts' labels index the denoising embedding
+    lines, label_map = coco_to_odvg(Path(cfg.data_root) / "annotations" / "instances_train.json",
+                                    tmp_path / "train_od.json", tmp_path / "label_map.json")
+    pipeline = [step for step in cfg.train_pipeline if step["type"] != "PackDetInputs"]
+    pipeline += [
+        dict(type="RandomSamplingNegPos", tokenizer_name=cfg.lang_model_name, num_sample_negative=20,
+             label_map_file=str(label_map), max_tokens=64),
+        dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor", "flip",
+                                              "flip_direction", "text", "custom_entities", "tokens_positive",
+                                              "dataset_mode")),
+    ]
+    cfg.train_dataloader.dataset = dict(
+        type="ODVGDataset", need_text=False, data_root=cfg.data_root, ann_file=str(lines),
+        label_map_file=str(label_map), data_prefix=dict(img="train/"), return_classes=True,
+        filter_cfg=dict(filter_empty_gt=False, min_size=4), pipeline=pipeline)
+
+    # the Trainer first: MMDetModule makes mmdet's RandomSamplingNegPos work with numpy >= 1.24 (np.long), which
+    # the Runner needs as well
+    module, trainer_rec, _ = fit_as_runner(cfg, tmp_path, 1)
+    runner = Runner.from_cfg(cfg.copy())
+    runner_rec = RunnerRecorder()
+    runner.register_hook(runner_rec, priority="VERY_LOW")
+    runner.train()
+
+    assert len(runner_rec.lrs) == 6  # 24 images, batches of 4 (ODVG keeps the images without objects)
+    assert trainer_rec.lrs == runner_rec.lrs
+    assert [sorted(d) for d in trainer_rec.losses] == [sorted(d) for d in runner_rec.losses]
+    for step, (ours, theirs) in enumerate(zip(trainer_rec.losses, runner_rec.losses, strict=True)):
+        for key in theirs:
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), f"iteration {step}: {key}"
+    assert_same_predictions(trainer_rec.predictions, runner_rec.predictions, min_boxes=8 * 50)
+    # the latest training prompt: a caption of classes from the label map ("triangle. square. ")
+    assert module.task.prompt and set(re.findall(r"\w+", module.task.prompt)) <= {"circle", "square", "triangle"}
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -199,3 +247,4 @@ def test_python_predict_with_phrases_in_another_order(shapes_config: Any, tmp_pa
     assert len(samples) == 8 and {sample.text for sample in samples} == {("Square", "circle")}
     names = [name for sample in samples for name in sample.pred_instances.label_names]
     assert len(names) == 8 * 50 and set(names) == {"Square", "circle"}
+
