@@ -248,3 +248,16 @@ def test_python_predict_with_phrases_in_another_order(shapes_config: Any, tmp_pa
     names = [name for sample in samples for name in sample.pred_instances.label_names]
     assert len(names) == 8 * 50 and set(names) == {"Square", "circle"}
 
+
+@pytest.mark.parametrize("name", ["shapes_grounding_dino.py", "shapes_glip.py"])
+def test_flops_are_counted_on_the_prediction_with_the_prompt(shapes_config: Any, name: str) -> None:
+    """The W&B summary's ``model/flops``: mmdet's mode "tensor" takes no text for these models; their prediction
+    (language model included) is counted instead of warning."""
+    from mmdet_lightning.wandb.analytics import model_complexity
+
+    cfg = shapes_config(name)
+    module = MMDetModule(cfg).eval()
+    datamodule = MMDetDataModule(cfg)
+    datamodule.setup("validate")
+    found = model_complexity(module, next(iter(datamodule.val_dataloader())))
+    assert found["params"] > 1e6 and found["flops"] > 1e8, found
