@@ -20,11 +20,13 @@ Predictions = dict[int, dict[str, np.ndarray]]
 
 
 def record_predictions(samples: Any, into: Predictions) -> None:
-    """The ``pred_instances`` (``bboxes``, ``scores``, ``labels``) of validation ``samples`` by image id."""
-    for sample in samples:
-        pred = sample.get("pred_instances")
-        if pred is not None:
-            into[int(sample.img_id)] = {k: pred[k].detach().cpu().numpy() for k in ("bboxes", "scores", "labels")}
+    """The ``pred_instances`` (``bboxes``, ``scores``, ``labels``) of validation ``samples`` by image id; other
+    outputs (panoptic segments, a semi-supervised run's) are left out."""
+    keys = ("bboxes", "scores", "labels")
+    for sample in samples if isinstance(samples, (list, tuple)) else ():
+        pred = sample.get("pred_instances") if hasattr(sample, "get") else None
+        if pred is not None and all(key in pred for key in keys):
+            into[int(sample.img_id)] = {key: pred[key].detach().cpu().numpy() for key in keys}
 
 
 def assert_same_predictions(ours: Predictions, theirs: Predictions, min_boxes: int, score_rtol: float = 1e-3,
