@@ -61,6 +61,10 @@ def load_tokenizer(name: str) -> Any:
     (``AutoTokenizer.from_pretrained``); its model's config is read too, so that a folder without weights'
     config fails here. Cached by name.
 
+    A local folder or a model already in the Hugging Face cache is loaded without the network
+    (``local_files_only=True``). Otherwise the Hub is asked only when it answers within a few seconds: offline,
+    a name that is not there (a typo) fails at once instead of after transformers' retries (about 25 s).
+
     Raises:
         LanguageModelError: transformers is not installed, or ``name`` cannot be loaded; the message names
             ``lang_model_name`` and how to point it at a local copy or the Hugging Face cache.
@@ -70,20 +74,50 @@ def load_tokenizer(name: str) -> Any:
     except ImportError as err:
         raise LanguageModelError(f"The config's language model `{name}` needs `transformers`, which is not "
                                  f"installed ({err}).\n{_INSTALL_HINT}") from err
+
+    def load(local_files_only: bool) -> Any:
+        AutoConfig.from_pretrained(name, local_files_only=local_files_only)
+        return AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
+
     try:
-        AutoConfig.from_pretrained(name)
-        return AutoTokenizer.from_pretrained(name)
+        try:
+            return load(local_files_only=True)
+        except Exception as local_err:
+            hub = _unreachable_hub() if not Path(name).is_dir() else None
+            if Path(name).is_dir() or hub is not None:
+                raise LanguageModelError(f"{_first_line(local_err)}{f' ({hub})' if hub else ''}") from local_err
+            return load(local_files_only=False)
     except Exception as err:  # OSError, HFValidationError, ValueError: transformers' ways to say "not found"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LanguageModelError(
             f"The config's language model cannot be loaded: lang_model_name (model.language_model.name) = {name!r}: "
-            f"{reason}\nHint: point `lang_model_name` at a local folder holding the model as transformers' "
+            f"{_first_line(err)}\nHint: point `lang_model_name` at a local folder holding the model as transformers' "
             "save_pretrained writes it (config.json, vocab.txt or tokenizer.json, the weights), e.g. "
             "--cfg-options model.language_model.name=/models/bert-base-uncased; or download the model once into "
             "the Hugging Face cache on a machine with network (`huggingface-cli download bert-base-uncased`, "
             "HF_HOME to choose the cache) and set HF_HUB_OFFLINE=1 where there is none; check the spelling of "
             "the name."
         ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _unreachable_hub(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face Hub cannot be asked (``HF_HUB_OFFLINE``, no answer within ``timeout`` seconds), or
+    None when it answers."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        import requests
+
+        requests.head(constants.ENDPOINT, timeout=timeout)
+    except Exception as err:  # no network, no name resolution, a timeout
+        return f"{constants.ENDPOINT} cannot be reached: {type(err).__name__}"
+    return None
 
 
 def prompt_phrases(text: str | Sequence[str]) -> list[str]:

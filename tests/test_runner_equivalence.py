@@ -16,20 +16,54 @@ MAX_EPOCHS = 5  # 24 images (some empty, filtered out), batches of 3: 7-8 iterat
 WARMUP_ITERS = 10
 
 
+Predictions = dict[int, dict[str, np.ndarray]]
+
+
+def record_predictions(samples: Any, into: Predictions) -> None:
+    """The ``pred_instances`` (``bboxes``, ``scores``, ``labels``) of validation ``samples`` by image id; other
+    outputs (panoptic segments, a semi-supervised run's) are left out."""
+    keys = ("bboxes", "scores", "labels")
+    for sample in samples if isinstance(samples, (list, tuple)) else ():
+        pred = sample.get("pred_instances") if hasattr(sample, "get") else None
+        if pred is not None and all(key in pred for key in keys):
+            into[int(sample.img_id)] = {key: pred[key].detach().cpu().numpy() for key in keys}
+
+
+def assert_same_predictions(ours: Predictions, theirs: Predictions, min_boxes: int, score_rtol: float = 1e-3,
+                            box_tol: float = 1e-2) -> None:
+    """The same images, and on each the same number of boxes with the same labels, scores (relatively within
+    ``score_rtol``: an untrained model's scores can be 1e-20) and boxes (within ``box_tol`` pixels), in the
+    same (score) order; at least ``min_boxes`` boxes in all, so that there is something to compare."""
+    assert sorted(ours) == sorted(theirs) and theirs
+    assert sum(len(p["scores"]) for p in theirs.values()) >= min_boxes
+    for img_id, expected in theirs.items():
+        got = ours[img_id]
+        assert len(got["scores"]) == len(expected["scores"]), f"image {img_id}: number of boxes"
+        np.testing.assert_array_equal(got["labels"], expected["labels"], err_msg=f"image {img_id}: labels")
+        np.testing.assert_allclose(got["scores"], expected["scores"], rtol=score_rtol, atol=0,
+                                   err_msg=f"image {img_id}: scores")
+        np.testing.assert_allclose(got["bboxes"], expected["bboxes"], rtol=0, atol=box_tol,
+                                   err_msg=f"image {img_id}: boxes")
+
+
 class RunnerRecorder(Hook):
-    """Learning rate before, and losses after, every iteration of mmengine's runner. The learning rates are the
-    optimizer's own groups: ``OptimWrapper.param_groups`` appends its ``base_param_settings`` (the defaults) when
-    there are several groups (``paramwise_cfg``)."""
+    """Learning rate before, and losses after, every iteration of mmengine's runner, and the predictions of its
+    latest validation. The learning rates are the optimizer's own groups: ``OptimWrapper.param_groups`` appends
+    its ``base_param_settings`` (the defaults) when there are several groups (``paramwise_cfg``)."""
 
     def __init__(self) -> None:
         self.lrs: list[list[float]] = []
         self.losses: list[dict[str, float]] = []
+        self.predictions: Predictions = {}
 
     def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
         self.lrs.append([g["lr"] for g in runner.optim_wrapper.optimizer.param_groups])
 
     def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
         self.losses.append({k: float(v.detach()) for k, v in outputs.items()})
+
+    def after_val_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        record_predictions(outputs, self.predictions)
 
 
 class TrainerRecorder(pl.Callback):
@@ -38,12 +72,17 @@ class TrainerRecorder(pl.Callback):
     def __init__(self) -> None:
         self.lrs: list[list[float]] = []
         self.losses: list[dict[str, float]] = []
+        self.predictions: Predictions = {}
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.lrs.append([g["lr"] for g in trainer.optimizers[0].param_groups])
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.losses.append({k: float(v) for k, v in outputs["log_vars"].items()})
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        record_predictions(outputs, self.predictions)
 
 
 def fit_as_runner(cfg: Any, tmp_path: Any, max_epochs: int) -> tuple[MMDetModule, TrainerRecorder, float]:

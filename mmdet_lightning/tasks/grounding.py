@@ -10,15 +10,19 @@ language model's limits instead. What this adds to detection:
 - the language model (``lang_model_name``) and the prompt are checked before the model is built
   (:mod:`mmdet_lightning.language_model`): a model that cannot be loaded, an empty prompt or a word its
   tokenizer cannot split stop with the fix named;
+- mmdet 3.3's ``RandomSamplingNegPos`` (the prompt sampling of MM-Grounding-DINO's ODVG fine-tuning) calls
+  ``np.long``, which numpy 1.24 removed: :func:`fix_mmdet_text_transforms` gives it back to that module;
 - predictions carry the phrase of each box (``pred_instances.label_names``, as mmdet's ``DetInferencer`` keeps
   them): the W&B tables and the prediction writer show the phrases, not the dataset's classes.
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 
 from .detection import DetectionTask, other_task
@@ -26,7 +30,7 @@ from .detection import DetectionTask, other_task
 if TYPE_CHECKING:
     from ..wandb.media import Instances
 
-__all__ = ["GroundingTask", "prediction_phrases", "prompt_text"]
+__all__ = ["GroundingTask", "prediction_phrases", "prompt_text", "fix_mmdet_text_transforms"]
 
 _GROUNDING = "grounding (open-vocabulary) detection"
 
@@ -69,6 +73,7 @@ class GroundingTask(DetectionTask):
         from ..config import leaf_dataset_cfgs
         from ..language_model import check_prompt, language_model_name, load_tokenizer
 
+        fix_mmdet_text_transforms()
         name = language_model_name(cfg.model)
         if name is None:
             return
@@ -123,3 +128,33 @@ def prediction_phrases(sample: Any, score_thr: float = -1.0) -> list[str] | None
         return None
     keep = (pred.scores > score_thr).cpu().tolist()
     return [str(name) for name, kept in zip(names, keep, strict=True) if kept]
+
+
+class _NumpyWithLong(types.ModuleType):
+    """numpy, with ``long`` (``int``, as numpy < 1.24 had it)."""
+
+    long = int
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+
+def fix_mmdet_text_transforms() -> None:
+    """Make mmdet 3.3's grounding text transforms (``RandomSamplingNegPos``, the ODVG training prompts) work with
+    numpy >= 1.24: their module calls ``np.long`` (``int`` before numpy removed it); it gets a numpy that has it.
+    Nothing else changes; a no-op where ``np.long`` exists or mmdet no longer uses it. ``MMDetModule`` applies it
+    for grounding configs; mmengine's ``Runner`` needs it too (call it before ``runner.train()``).
+
+    Example::
+        >>> fix_mmdet_text_transforms()
+        >>> from mmdet.datasets.transforms import text_transformers
+        >>> text_transformers.np.array([1], dtype=text_transformers.np.long).dtype.kind
+        'i'
+    """
+    try:
+        from mmdet.datasets.transforms import text_transformers
+    except ImportError:  # transformers missing: mmdet's grounding modules say so when built
+        return
+    module_np = getattr(text_transformers, "np", None)
+    if module_np is np and not hasattr(np, "long"):
+        text_transformers.np = _NumpyWithLong("numpy")

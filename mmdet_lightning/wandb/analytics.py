@@ -283,7 +283,9 @@ def monitored_key(metrics: Mapping[str, Any], monitor: str) -> str:
 def model_complexity(pl_module: torch.nn.Module, batch: Any) -> dict[str, float]:
     """``{"params": ..., "flops": ...}`` of ``pl_module.model`` (or of a detector itself) on the first image
     of a collated mmdet batch (the FLOPs of mmdet's ``tools/analysis_tools/get_flops.py``, without its
-    second trace for activations); only ``params`` when FLOPs cannot be counted.
+    second trace for activations); only ``params`` when FLOPs cannot be counted. Grounding models (GLIP,
+    Grounding DINO), whose mode "tensor" takes no text, are counted on their prediction with the batch's
+    prompt, the language model included.
 
     Example::
         >>> model_complexity(module, next(iter(datamodule.val_dataloader())))  # doctest: +SKIP
@@ -297,7 +299,8 @@ def model_complexity(pl_module: torch.nn.Module, batch: Any) -> dict[str, float]
         one = {key: value[:1] for key, value in batch.items()}
         with torch.no_grad():
             data = model.data_preprocessor(one, False)
-            flops = FlopAnalyzer(_TensorForward(model, data["data_samples"]), data["inputs"])
+            forward = _PredictForward if hasattr(model, "language_model") else _TensorForward
+            flops = FlopAnalyzer(forward(model, data["data_samples"]), data["inputs"])
             # mmengine would warn about every operator it does not count
             found["flops"] = int(flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False).total())
     except Exception as err:  # tracing fails on some models: say so, keep the rest
@@ -315,3 +318,12 @@ class _TensorForward(torch.nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> Any:
         return self.model(inputs, self.data_samples, mode="tensor")
+
+
+class _PredictForward(_TensorForward):
+    """The detector's prediction (mode "predict": a grounding model encodes the samples' text), its boxes and
+    scores as the traced outputs."""
+
+    def forward(self, inputs: torch.Tensor) -> Any:
+        samples = self.model(inputs, self.data_samples, mode="predict")
+        return tuple(t for sample in samples for t in (sample.pred_instances.bboxes, sample.pred_instances.scores))
