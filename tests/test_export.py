@@ -37,18 +37,10 @@ pytest.importorskip("onnxscript")
 
 
 def _liven(detector: nn.Module, seed: int = 0, heads: tuple[str, ...] = ("bbox_head", "rpn_head", "roi_head")) -> None:
-    """Give the heads' layers fixed random weights of a trained net's scale (He init) and classification
-    biases of -1, so an untrained detector scores many boxes above the threshold, with distinct scores."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, module in detector.named_modules():
-            if not any(name.startswith(h) for h in heads) or not isinstance(module, (nn.Conv2d, nn.Linear)):
-                continue
-            fan_in = module.weight[0].numel()
-            module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
-            if module.bias is not None:
-                cls = name.endswith(("retina_cls", "rpn_cls", "fc_cls")) or ".rtm_cls." in name
-                module.bias.fill_(-1.0 if cls else 0.0)
+    """Fixed random head weights of a trained net's scale, classification biases -1 (``make_heads_decisive``)."""
+    from mmdet_lightning.export.reference import make_heads_decisive
+
+    make_heads_decisive(detector, seed, heads)
 
 
 def _calibrate_batch_norm(detector: nn.Module, images: list[Path]) -> None:
