@@ -408,3 +408,33 @@ def test_onnx_detector_in_a_venv_with_only_onnxruntime_numpy_opencv(
         assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
         assert abs(a["score"] - b["score"]) <= SCORE_TOL
         assert np.abs(np.subtract(a["bbox"], b["bbox"])).max() <= BOX_TOL * 128
+
+
+# ---------------------------------------------------------------------------------------------- more families
+def _zoo_module(shapes_root: Path, family: str, config: str, depth: int = 18) -> MMDetModule:
+    """An mmdet 3.3 config adapted to the shapes data as the model-zoo sweep does, with a ResNet-``depth``
+    backbone (fast), initial weights and decisive heads."""
+    import mmdet
+    from mmengine.config import Config
+
+    from mmdet_lightning.model_zoo import adapt_to_dataset
+    from mmdet_lightning.synthetic import CLASSES
+
+    cfg = Config.fromfile(str(Path(mmdet.__file__).parent / ".mim" / "configs" / family / config))
+    cfg = adapt_to_dataset(cfg, shapes_root, CLASSES)
+    cfg.model.backbone.depth = depth
+    cfg.model.neck.in_channels = [64, 128, 256, 512]
+    torch.manual_seed(0)
+    module = MMDetModule(cfg)
+    _liven(module.model)
+    return module.eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["cascade-rcnn_r50_fpn_1x_coco.py", "cascade-mask-rcnn_r50_fpn_1x_coco.py"])
+def test_cascade_rcnn_export_matches_pytorch(shapes_root: Path, check_images: list[Path], config: str,
+                                             tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """Cascade (Mask) R-CNN: three stages refining the rois, logits averaged, masks merged over the stages."""
+    module, path = _exported(config, lambda: _zoo_module(shapes_root, "cascade_rcnn", config), tmp_path_factory)
+    _check_equal(module, path, check_images)
+    _check_map(module, path, shapes_root, tmp_path)

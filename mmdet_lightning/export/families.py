@@ -13,14 +13,15 @@ from .ops import SUPPORTED_MMCV_OPS
 __all__ = ["Family", "check_exportable", "describe_family"]
 
 _TWO_STAGE_RPN = ("RPNHead",)
-_TWO_STAGE_ROI = ("StandardRoIHead",)
+_TWO_STAGE_ROI = ("StandardRoIHead", "CascadeRoIHead")
 _ROI_EXTRACTORS = ("SingleRoIExtractor",)
 _MASK_HEADS = ("FCNMaskHead",)
 
 
 @dataclass(frozen=True)
 class Family:
-    """An exportable detector: ``kind`` is ``"dense"`` or ``"two_stage"``; ``name`` says what it is."""
+    """An exportable detector: ``kind`` is ``"dense"``, ``"two_stage"`` or ``"cascade"``; ``name`` says what it
+    is."""
 
     kind: str
     name: str
@@ -86,22 +87,28 @@ def check_exportable(detector: nn.Module) -> Family:
         if _name(roi) not in _TWO_STAGE_ROI:
             raise ExportError(f"RoI head {_name(roi)} has no export form (only {', '.join(_TWO_STAGE_ROI)})",
                               family=family, op=_name(roi))
-        if not isinstance(roi.bbox_head, BBoxHead) or _overrides(roi.bbox_head, BBoxHead, "_predict_by_feat_single"):
-            raise ExportError(f"box head {_name(roi.bbox_head)} post-processes in its own way, which has no "
-                              "export form", family=family, op=f"{_name(roi.bbox_head)}.predict_by_feat")
-        extractors = [roi.bbox_roi_extractor] + ([roi.mask_roi_extractor] if roi.with_mask else [])
+        cascade = _name(roi) == "CascadeRoIHead"  # one bbox head (and extractor, mask head) a stage
+        stages = (lambda m: list(m)) if cascade else (lambda m: [m])  # noqa: E731
+        for bbox_head in stages(roi.bbox_head):
+            if not isinstance(bbox_head, BBoxHead) or _overrides(bbox_head, BBoxHead, "_predict_by_feat_single") \
+                    or (cascade and (_overrides(bbox_head, BBoxHead, "regress_by_class")
+                                     or getattr(bbox_head, "custom_activation", False))):
+                raise ExportError(f"box head {_name(bbox_head)} post-processes in its own way, which has no "
+                                  "export form", family=family, op=f"{_name(bbox_head)}.predict_by_feat")
+        extractors = stages(roi.bbox_roi_extractor) + (stages(roi.mask_roi_extractor) if roi.with_mask else [])
         for extractor in extractors:
             if _name(extractor) not in _ROI_EXTRACTORS:
                 raise ExportError(f"RoI extractor {_name(extractor)} has no export form", family=family,
                                   op=_name(extractor))
-        if roi.with_mask and _name(roi.mask_head) not in _MASK_HEADS:
-            raise ExportError(f"mask head {_name(roi.mask_head)} has no export form (only "
-                              f"{', '.join(_MASK_HEADS)})", family=family, op=_name(roi.mask_head))
+        for mask_head in stages(roi.mask_head) if roi.with_mask else []:
+            if _name(mask_head) not in _MASK_HEADS:
+                raise ExportError(f"mask head {_name(mask_head)} has no export form (only "
+                                  f"{', '.join(_MASK_HEADS)})", family=family, op=_name(mask_head))
         _check_nms(rpn.test_cfg, family, "test_cfg.rpn")
         _check_nms(roi.test_cfg, family, "test_cfg.rcnn")
         if getattr(roi, "with_semantic", False):
             raise ExportError("semantic heads have no export form", family=family, op="semantic_head")
-        return Family("two_stage", family, with_mask=bool(roi.with_mask))
+        return Family("cascade" if cascade else "two_stage", family, with_mask=bool(roi.with_mask))
     if isinstance(detector, SingleStageDetector):
         head = detector.bbox_head
         if not isinstance(head, BaseDenseHead):
