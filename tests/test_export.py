@@ -438,3 +438,14 @@ def test_cascade_rcnn_export_matches_pytorch(shapes_root: Path, check_images: li
     module, path = _exported(config, lambda: _zoo_module(shapes_root, "cascade_rcnn", config), tmp_path_factory)
     _check_equal(module, path, check_images)
     _check_map(module, path, shapes_root, tmp_path)
+
+
+@pytest.mark.slow
+def test_gfl_export_matches_pytorch(shapes_root: Path, check_images: list[Path],
+                                    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """GFL (``GFLHead._predict_by_feat_single``: box distances as the integral of a distribution, from the
+    anchors' centres), which LD's head shares."""
+    module, path = _exported("gfl", lambda: _zoo_module(shapes_root, "gfl", "gfl_r50_fpn_1x_coco.py"),
+                             tmp_path_factory)
+    _check_equal(module, path, check_images)
+    _check_map(module, path, shapes_root, tmp_path)

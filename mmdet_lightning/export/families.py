@@ -10,7 +10,7 @@ from torch import nn
 from .errors import ExportError
 from .ops import SUPPORTED_MMCV_OPS
 
-__all__ = ["Family", "check_exportable", "describe_family"]
+__all__ = ["Family", "check_exportable", "describe_family", "is_gfl_head"]
 
 _TWO_STAGE_RPN = ("RPNHead",)
 _TWO_STAGE_ROI = ("StandardRoIHead", "CascadeRoIHead")
@@ -71,6 +71,32 @@ def _overrides(obj: Any, base: type, method: str) -> bool:
     return getattr(type(obj), method) is not getattr(base, method)
 
 
+#: the methods of a RoI head that its inference runs: a subclass that keeps them (Dynamic R-CNN's, PISA's heads
+#: change only the losses) predicts as its base
+_ROI_PREDICT_METHODS = ("predict", "predict_bbox", "predict_mask", "_bbox_forward", "_mask_forward", "_refine_roi")
+
+
+def _roi_base(roi: Any) -> str | None:
+    """``"StandardRoIHead"`` or ``"CascadeRoIHead"`` when ``roi`` predicts as that class does, else None."""
+    import mmdet.models.roi_heads as roi_heads
+
+    for base_name in reversed(_TWO_STAGE_ROI):  # the cascade first: it is no StandardRoIHead
+        base = getattr(roi_heads, base_name)
+        if isinstance(roi, base) and not any(_overrides(roi, base, m) for m in _ROI_PREDICT_METHODS
+                                             if hasattr(base, m)):
+            return base_name
+    return None
+
+
+def is_gfl_head(head: Any) -> bool:
+    """A head that post-processes as ``GFLHead._predict_by_feat_single`` does (GFL, LD): box distances as the
+    integral of a distribution, times the stride, from the anchors' centres."""
+    from mmdet.models.dense_heads import GFLHead
+
+    return isinstance(head, GFLHead) and not any(_overrides(head, GFLHead, m) for m in (
+        "_predict_by_feat_single", "anchor_center", "forward_single"))
+
+
 def check_exportable(detector: nn.Module) -> Family:
     """The export family of ``detector``; :class:`ExportError` naming the family and the op otherwise."""
     from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
@@ -84,10 +110,11 @@ def check_exportable(detector: nn.Module) -> Family:
         if rpn is None or _name(rpn) not in _TWO_STAGE_RPN:
             raise ExportError(f"proposal head {_name(rpn)} has no export form (only {', '.join(_TWO_STAGE_RPN)})",
                               family=family, op=_name(rpn))
-        if _name(roi) not in _TWO_STAGE_ROI:
-            raise ExportError(f"RoI head {_name(roi)} has no export form (only {', '.join(_TWO_STAGE_ROI)})",
+        if _roi_base(roi) is None:
+            raise ExportError(f"RoI head {_name(roi)} has no export form (only {', '.join(_TWO_STAGE_ROI)}, and "
+                              f"subclasses that change only training: {', '.join(_ROI_PREDICT_METHODS)} as theirs)",
                               family=family, op=_name(roi))
-        cascade = _name(roi) == "CascadeRoIHead"  # one bbox head (and extractor, mask head) a stage
+        cascade = _roi_base(roi) == "CascadeRoIHead"  # one bbox head (and extractor, mask head) a stage
         stages = (lambda m: list(m)) if cascade else (lambda m: [m])  # noqa: E731
         for bbox_head in stages(roi.bbox_head):
             if not isinstance(bbox_head, BBoxHead) or _overrides(bbox_head, BBoxHead, "_predict_by_feat_single") \
@@ -114,7 +141,8 @@ def check_exportable(detector: nn.Module) -> Family:
         if not isinstance(head, BaseDenseHead):
             raise ExportError(f"head {_name(head)} is not a dense head", family=family, op=_name(head))
         for method in ("predict_by_feat", "_predict_by_feat_single", "_bbox_post_process"):
-            if _overrides(head, BaseDenseHead, method):
+            if _overrides(head, BaseDenseHead, method) and not (method == "_predict_by_feat_single" and
+                                                                is_gfl_head(head)):
                 raise ExportError(f"head {_name(head)} post-processes in its own way ({method}), which has no "
                                   "export form yet", family=family, op=f"{_name(head)}.{method}")
         from mmdet.models.task_modules.prior_generators import AnchorGenerator, MlvlPointGenerator

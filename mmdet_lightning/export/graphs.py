@@ -3,7 +3,8 @@
 mmdet's heads post-process with ``InstanceData``, Python loops and data-dependent branches; each family here
 redoes that post-processing with the same arithmetic in plain tensor operations, one image at a time:
 
-* one-stage dense heads (``BaseDenseHead.predict_by_feat``: RetinaNet, RTMDet, FCOS, ATSS, SSD, ...);
+* one-stage dense heads (``BaseDenseHead.predict_by_feat``: RetinaNet, RTMDet, FCOS, ATSS, SSD, ...; and
+  ``GFLHead``'s: GFL, LD);
 * two-stage detectors: ``RPNHead`` + ``StandardRoIHead`` (``BBoxHead``), with ``FCNMaskHead`` for masks;
 * cascades: ``RPNHead`` + ``CascadeRoIHead`` (Cascade R-CNN, Cascade Mask R-CNN).
 
@@ -203,9 +204,16 @@ def dense_predict(head: Any, cls_scores: list[Tensor], bbox_preds: list[Tensor],
     score_thr = float(_cfg_get(cfg, "score_thr", 0))
     num_classes = int(head.cls_out_channels)
     dim = int(head.bbox_coder.encode_size)
+    from .families import is_gfl_head
+
+    gfl = is_gfl_head(head)  # GFLHead._predict_by_feat_single: distribution integral x stride, anchor centres
     all_scores, all_labels, all_preds, all_priors, all_factors = [], [], [], [], []
     for level, (cls_score, bbox_pred, priors) in enumerate(zip(cls_scores, bbox_preds, mlvl_priors, strict=False)):
-        bbox_pred = bbox_pred[0].permute(1, 2, 0).reshape(-1, dim)
+        if gfl:
+            bbox_pred = head.integral(bbox_pred[0].permute(1, 2, 0)) * head.prior_generator.strides[level][0]
+            priors = head.anchor_center(priors)
+        else:
+            bbox_pred = bbox_pred[0].permute(1, 2, 0).reshape(-1, dim)
         cls_score = cls_score[0].permute(1, 2, 0).reshape(-1, num_classes)
         if getattr(getattr(head, "loss_cls", None), "custom_cls_channels", False):
             raise ExportError("a classification loss with custom channels has no export form",
