@@ -34,7 +34,7 @@ import model_zoo_sweep as zoo  # noqa: E402  (the sweep machinery: processes, ti
 REPO = zoo.REPO
 MARKER = zoo.MARKER
 BEGIN, END = "<!-- export_sweep: begin (tools/export_sweep.py writes this table) -->", "<!-- export_sweep: end -->"
-STATUS_ORDER = {"equal": 0, "differs": 1, "cannot-export": 2, "fail": 3, "timeout": 4}
+STATUS_ORDER = {"equal": 0, "differs": 1, "cannot-export": 2, "fail": 3, "timeout": 4, "exportable": 5}
 
 
 def _module(family: str, data_root: str) -> Any:
@@ -142,6 +142,8 @@ def _cell(record: dict[str, Any]) -> str:
         if status == "differs":
             text += f"; not paired: {record.get('reason', '')}"
         return text + f"; export {record.get('export_seconds', '')} s"
+    if status == "exportable":
+        return "passes the export check; not exported yet (the sweep was stopped first: `--resume` exports it)"
     reason = str(record.get("reason", ""))
     return reason.replace("|", "\\|")[:300]
 
@@ -196,21 +198,22 @@ def main(argv: list[str] | None = None) -> None:
     results = Path(args.results)
     if not args.table_only:
         families = args.families or passing_families(Path(args.zoo_doc))
-        if args.resume:
+        checked: list[str] = []
+        if args.resume:  # skip the families with a result; those only checked go on to their export
             done = zoo.read_results(results)
+            checked = [f for f in families if done.get(f, {}).get("status") == "exportable"]
             families = [f for f in families if f not in done]
         data_root = zoo.sweep_dataset(Path(args.work_dir))
         results.parent.mkdir(parents=True, exist_ok=True)
-        exportable = []
+        exportable = list(checked)
         for family in families:  # the cheap check, in this process: most refusals need no tracing
             record = check_family(family, str(data_root))
             print(f"{family:24s} {record['status']:14s} {record['seconds']:6.1f} s  {record.get('reason', '')[:120]}",
                   flush=True)
             if record["status"] == "exportable":
                 exportable.append(family)
-            else:
-                with results.open("a") as out:
-                    out.write(json.dumps(record) + "\n")
+            with results.open("a") as out:  # "exportable" until its export's record follows
+                out.write(json.dumps(record) + "\n")
 
         def command(family: str, data_root: Path, work_dir: Path) -> list[str]:
             return [sys.executable, __file__, "--one", family, "--data-root", str(data_root),
