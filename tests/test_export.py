@@ -289,9 +289,9 @@ def test_op_without_export_form_names_family_and_op(shapes_root: Path, tmp_path:
     from mmdet_lightning.export import ExportError, export_onnx
 
     cfg = replace_data_root(load_config(CONFIGS / "shapes_retinanet.py"), shapes_root)
-    cfg.model.neck.conv_cfg = dict(type="DCNv2")  # modulated deformable convolutions in the FPN
+    cfg.model.neck.conv_cfg = dict(type="SAC")  # switchable atrous convolutions (DetectoRS) in the FPN
     with pytest.raises(ExportError, match=r"Cannot export RetinaNet \(one-stage, RetinaHead\): mmcv op "
-                                          r"ModulatedDeformConv2dPack .* \[op: ModulatedDeformConv2dPack\]"):
+                                          r"SAConv2d .* \[op: SAConv2d\]"):
         export_onnx(MMDetModule(cfg), tmp_path / "model.onnx")
     _no_onnx_left(tmp_path)
 
@@ -449,3 +449,33 @@ def test_gfl_export_matches_pytorch(shapes_root: Path, check_images: list[Path],
                              tmp_path_factory)
     _check_equal(module, path, check_images)
     _check_map(module, path, shapes_root, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("conv", ["DCN", "DCNv2"])
+def test_deformable_convolutions_export_matches_pytorch(shapes_root: Path, check_images: list[Path], conv: str,
+                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Deformable convolutions v1 and v2 (RetinaNet's FPN convolutions as ``DCN`` / ``DCNv2``), with offsets
+    (and masks) from random offset convolutions, so that every sample falls between pixels."""
+
+    def make() -> MMDetModule:
+        cfg = replace_data_root(load_config(CONFIGS / "shapes_retinanet.py"), shapes_root)
+        cfg.model.neck.conv_cfg = dict(type=conv)
+        cfg.model.neck.norm_cfg = dict(type="GN", num_groups=8)  # no bias: DCN (v1) has none
+        cfg.model.neck.add_extra_convs = False  # extra levels by max-pooling: mmcv's kernel refuses maps under 3x3
+        torch.manual_seed(0)
+        module = MMDetModule(cfg)
+        _liven(module.model, heads=("bbox_head",))
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            offsets = [m for n, m in module.model.named_modules() if n.endswith("conv_offset")]
+            assert offsets, "no deformable convolution in the model"
+            for layer in offsets:
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.02)
+                layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * 0.5)
+        return module.eval()
+
+    module, path = _exported(f"retinanet_{conv}", make, tmp_path_factory)
+    # the 8 validation images: mmcv's kernel (the PyTorch side) refuses feature maps smaller than the kernel ("input
+    # image is smaller than kernel"), which the non-square copies have at the coarsest level
+    _check_equal(module, path, check_images[:8])
