@@ -16,6 +16,7 @@ _TWO_STAGE_RPN = ("RPNHead",)
 _TWO_STAGE_ROI = ("StandardRoIHead", "CascadeRoIHead")
 _ROI_EXTRACTORS = ("SingleRoIExtractor",)
 _MASK_HEADS = ("FCNMaskHead",)
+_DENSE_CODERS = ("DeltaXYWHBBoxCoder", "DistancePointBBoxCoder")  # the coders graphs.decode reproduces
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,10 @@ def check_exportable(detector: nn.Module) -> Family:
         if not bases or any(_overrides(generator, bases[0], m) for m in ("grid_priors", "single_level_grid_priors")):
             raise ExportError(f"prior generator {_name(head.prior_generator)} has no export form", family=family,
                               op=_name(head.prior_generator))
+        coder = _name(head.bbox_coder)
+        if coder not in _DENSE_CODERS:
+            raise ExportError(f"box coder {coder} has no export form (only {', '.join(_DENSE_CODERS)})",
+                              family=family, op=coder)
         _check_nms(head.test_cfg, family, "test_cfg")
         return Family("dense", family)
     raise ExportError("only one-stage (dense head) and two-stage (RPN + RoI head) detectors have export graphs",
