@@ -135,6 +135,8 @@ def passing_families(doc: Path) -> list[str]:
 def _cell(record: dict[str, Any]) -> str:
     status = record["status"]
     if status in ("equal", "differs"):
+        if not record.get("detections"):
+            return "nothing detected on either side: equal, but nothing compared"
         text = (f"{record.get('detections', 0)} detections on {record.get('images', 0)} images; box diff "
                 f"{record.get('box_diff', 0):.1e} of the side, score diff {record.get('score_diff', 0):.1e}")
         if "mask_iou_min" in record:
@@ -154,7 +156,8 @@ def write_table(records: dict[str, dict[str, Any]], doc: Path) -> None:
     ops: dict[str, int] = {}
     for r in rows:
         if r["status"] == "cannot-export":
-            ops[str(r.get("op"))] = ops.get(str(r.get("op")), 0) + 1
+            op = str(r.get("op") or "the export itself: torch.export, the ONNX translation or onnxruntime")
+            ops[op] = ops.get(op, 0) + 1
     lines = [
         BEGIN,
         "",
