@@ -37,18 +37,10 @@ pytest.importorskip("onnxscript")
 
 
 def _liven(detector: nn.Module, seed: int = 0, heads: tuple[str, ...] = ("bbox_head", "rpn_head", "roi_head")) -> None:
-    """Give the heads' layers fixed random weights of a trained net's scale (He init) and classification
-    biases of -1, so an untrained detector scores many boxes above the threshold, with distinct scores."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, module in detector.named_modules():
-            if not any(name.startswith(h) for h in heads) or not isinstance(module, (nn.Conv2d, nn.Linear)):
-                continue
-            fan_in = module.weight[0].numel()
-            module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
-            if module.bias is not None:
-                cls = name.endswith(("retina_cls", "rpn_cls", "fc_cls")) or ".rtm_cls." in name
-                module.bias.fill_(-1.0 if cls else 0.0)
+    """Fixed random head weights of a trained net's scale, classification biases -1 (``make_heads_decisive``)."""
+    from mmdet_lightning.export.reference import make_heads_decisive
+
+    make_heads_decisive(detector, seed, heads)
 
 
 def _calibrate_batch_norm(detector: nn.Module, images: list[Path]) -> None:
@@ -297,9 +289,9 @@ def test_op_without_export_form_names_family_and_op(shapes_root: Path, tmp_path:
     from mmdet_lightning.export import ExportError, export_onnx
 
     cfg = replace_data_root(load_config(CONFIGS / "shapes_retinanet.py"), shapes_root)
-    cfg.model.neck.conv_cfg = dict(type="DCNv2")  # modulated deformable convolutions in the FPN
+    cfg.model.neck.conv_cfg = dict(type="SAC")  # switchable atrous convolutions (DetectoRS) in the FPN
     with pytest.raises(ExportError, match=r"Cannot export RetinaNet \(one-stage, RetinaHead\): mmcv op "
-                                          r"ModulatedDeformConv2dPack .* \[op: ModulatedDeformConv2dPack\]"):
+                                          r"SAConv2d .* \[op: SAConv2d\]"):
         export_onnx(MMDetModule(cfg), tmp_path / "model.onnx")
     _no_onnx_left(tmp_path)
 
@@ -416,3 +408,74 @@ def test_onnx_detector_in_a_venv_with_only_onnxruntime_numpy_opencv(
         assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
         assert abs(a["score"] - b["score"]) <= SCORE_TOL
         assert np.abs(np.subtract(a["bbox"], b["bbox"])).max() <= BOX_TOL * 128
+
+
+# ---------------------------------------------------------------------------------------------- more families
+def _zoo_module(shapes_root: Path, family: str, config: str, depth: int = 18) -> MMDetModule:
+    """An mmdet 3.3 config adapted to the shapes data as the model-zoo sweep does, with a ResNet-``depth``
+    backbone (fast), initial weights and decisive heads."""
+    import mmdet
+    from mmengine.config import Config
+
+    from mmdet_lightning.model_zoo import adapt_to_dataset
+    from mmdet_lightning.synthetic import CLASSES
+
+    cfg = Config.fromfile(str(Path(mmdet.__file__).parent / ".mim" / "configs" / family / config))
+    cfg = adapt_to_dataset(cfg, shapes_root, CLASSES)
+    cfg.model.backbone.depth = depth
+    cfg.model.neck.in_channels = [64, 128, 256, 512]
+    torch.manual_seed(0)
+    module = MMDetModule(cfg)
+    _liven(module.model)
+    return module.eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["cascade-rcnn_r50_fpn_1x_coco.py", "cascade-mask-rcnn_r50_fpn_1x_coco.py"])
+def test_cascade_rcnn_export_matches_pytorch(shapes_root: Path, check_images: list[Path], config: str,
+                                             tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """Cascade (Mask) R-CNN: three stages refining the rois, logits averaged, masks merged over the stages."""
+    module, path = _exported(config, lambda: _zoo_module(shapes_root, "cascade_rcnn", config), tmp_path_factory)
+    _check_equal(module, path, check_images)
+    _check_map(module, path, shapes_root, tmp_path)
+
+
+@pytest.mark.slow
+def test_gfl_export_matches_pytorch(shapes_root: Path, check_images: list[Path],
+                                    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """GFL (``GFLHead._predict_by_feat_single``: box distances as the integral of a distribution, from the
+    anchors' centres), which LD's head shares."""
+    module, path = _exported("gfl", lambda: _zoo_module(shapes_root, "gfl", "gfl_r50_fpn_1x_coco.py"),
+                             tmp_path_factory)
+    _check_equal(module, path, check_images)
+    _check_map(module, path, shapes_root, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("conv", ["DCN", "DCNv2"])
+def test_deformable_convolutions_export_matches_pytorch(shapes_root: Path, check_images: list[Path], conv: str,
+                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Deformable convolutions v1 and v2 (RetinaNet's FPN convolutions as ``DCN`` / ``DCNv2``), with offsets
+    (and masks) from random offset convolutions, so that every sample falls between pixels."""
+
+    def make() -> MMDetModule:
+        cfg = replace_data_root(load_config(CONFIGS / "shapes_retinanet.py"), shapes_root)
+        cfg.model.neck.conv_cfg = dict(type=conv)
+        cfg.model.neck.norm_cfg = dict(type="GN", num_groups=8)  # no bias: DCN (v1) has none
+        cfg.model.neck.add_extra_convs = False  # extra levels by max-pooling: mmcv's kernel refuses maps under 3x3
+        torch.manual_seed(0)
+        module = MMDetModule(cfg)
+        _liven(module.model, heads=("bbox_head",))
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            offsets = [m for n, m in module.model.named_modules() if n.endswith("conv_offset")]
+            assert offsets, "no deformable convolution in the model"
+            for layer in offsets:
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.02)
+                layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * 0.5)
+        return module.eval()
+
+    module, path = _exported(f"retinanet_{conv}", make, tmp_path_factory)
+    # the 8 validation images: mmcv's kernel (the PyTorch side) refuses feature maps smaller than the kernel ("input
+    # image is smaller than kernel"), which the non-square copies have at the coarsest level
+    _check_equal(module, path, check_images[:8])

@@ -305,3 +305,101 @@ def test_the_run_flushes_every_second_unless_the_user_says_otherwise(shapes_conf
     logger.experiment.finish()
     losses = [row["train/loss"] for row in history(read_records(find_run_file(tmp_path))) if "train/loss" in row]
     assert losses and all(loss > 0 for loss in losses), losses
+
+
+# ---------------------------------------------------------------------------------------------- ONNX artifact
+def _onnx_fit(tmp_path: Path, shapes_root: Path, cfg_options: list[str]) -> tuple[Any, Path]:
+    """``mmdet-lightning fit --config run.yaml`` in a fresh process, as a user runs it: RetinaNet for one short
+    epoch, ``MMDetWandbCallback(log_onnx=True)``, W&B offline."""
+    import yaml
+
+    from .helpers.user_env import REPO, run_as_user
+
+    root = "work_dirs/onnx"
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 1, "limit_train_batches": 2, "num_sanity_val_steps": 0, "default_root_dir": root,
+            "enable_progress_bar": False,
+            "logger": {"class_path": "pytorch_lightning.loggers.WandbLogger",
+                       "init_args": {"project": "onnx-test", "save_dir": root, "offline": True}},
+            "callbacks": [
+                {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": f"{root}/checkpoints", "monitor": "coco/bbox_mAP", "mode": "max"}},
+                {"class_path": "mmdet_lightning.callbacks.MMDetWandbCallback",
+                 "init_args": {"log_checkpoint": True, "num_eval_images": 0, "log_onnx": True}},
+            ],
+        },
+        "model": {"config": str(REPO / "configs" / "mmdet" / "shapes_retinanet.py"), "data_root": str(shapes_root),
+                  "cfg_options": cfg_options},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    done = run_as_user(["mmdet-lightning", "fit", "--config", "run.yaml"], cwd=tmp_path, timeout=900)
+    return done, tmp_path / root
+
+
+@pytest.mark.slow
+def test_log_onnx_logs_the_exported_model_with_onnxruntime_map(shapes_root: Path, tmp_path: Path) -> None:
+    """At the end of fit the best checkpoint's weights are exported and logged as ``run_<id>_onnx`` (type ``model``,
+    alias ``onnx``) with the input size, the opset and the validation mAP measured with onnxruntime, which equals
+    the mAP validation logged for the same weights. (A score threshold of 0 gives the untrained RetinaNet detections
+    to score.)"""
+    from .helpers.user_env import explain
+
+    done, root = _onnx_fit(tmp_path, shapes_root, ["model.test_cfg.score_thr=0.0"])
+    assert done.returncode == 0, explain(done)
+    assert "not exported to ONNX" not in done.stdout + done.stderr, explain(done)
+    records = read_records(find_run_file(root))
+    run_id = next(r.run.run_id for r in records if r.WhichOneof("record_type") == "run")
+    [onnx_model] = _versions(records, "_onnx")
+    assert onnx_model.name == f"run_{run_id}_onnx" and onnx_model.type == "model"
+    assert set(onnx_model.aliases) == {"onnx", "best", "latest"}  # W&B adds `latest`
+    [entry] = onnx_model.manifest.contents
+    written = root / "model.onnx"
+    assert entry.path == "model.onnx" and written.is_file() and entry.size == written.stat().st_size
+    metadata = json.loads(onnx_model.metadata)
+    print("ONNX artifact metadata:", metadata)
+    [checkpoint] = (root / "checkpoints").glob("*.ckpt")
+    assert metadata["input_size"] == "dynamic" and metadata["opset"] == 18
+    assert metadata["weights"] == "best" and metadata["checkpoint"] == checkpoint.name
+    assert metadata["epoch"] == 1 and metadata["global_step"] == 2
+    assert metadata["family"] == "RetinaNet (one-stage, RetinaHead)"
+    logged = [row["coco/bbox_mAP"] for row in history(records) if "coco/bbox_mAP" in row]
+    assert len(logged) == 1 and metadata["pytorch"]["coco/bbox_mAP"] == pytest.approx(logged[0])
+    onnx_map = metadata["onnxruntime"]
+    assert set(onnx_map) == set(metadata["pytorch"])  # the same evaluator's keys
+    for key in ("coco/bbox_mAP", "coco/bbox_mAP_50"):
+        assert abs(onnx_map[key] - metadata["pytorch"][key]) <= 1e-3, (key, onnx_map, metadata["pytorch"])
+    assert _versions(records, "_model"), "the checkpoint artifacts are still logged"
+
+    from mmdet_lightning.deploy import OnnxDetector  # the logged file is the one a user serves
+
+    found = OnnxDetector(written)(sorted((shapes_root / "val").glob("*.png"))[0])
+    assert len(found) > 0 and found.class_names[0] in ("circle", "square", "triangle")
+
+
+@pytest.mark.slow
+def test_log_onnx_of_a_model_that_cannot_be_exported_warns_and_the_run_ends_normally(
+        shapes_root: Path, tmp_path: Path) -> None:
+    from .helpers.user_env import explain
+
+    done, root = _onnx_fit(tmp_path, shapes_root, ["model.test_cfg.nms.type=soft_nms"])
+    assert done.returncode == 0, explain(done)
+    output = done.stdout + done.stderr
+    assert ("W&B: the trained model was not exported to ONNX (Cannot export RetinaNet (one-stage, RetinaHead): NMS "
+            "of type 'soft_nms' in test_cfg has no export form (only 'nms') [op: soft_nms])") in output, explain(done)
+    records = read_records(find_run_file(root))
+    assert not _versions(records, "_onnx") and not (root / "model.onnx").exists()
+    assert _versions(records, "_model"), "the checkpoint artifacts are logged as without log_onnx"
+
+
+def test_log_onnx_bad_arguments() -> None:
+    from mmdet_lightning.callbacks import WandbOnnxArtifact
+
+    with pytest.raises(ValueError, match=r"`weights` to be one of \('best', 'last'\), but got 'first'"):
+        WandbOnnxArtifact(weights="first")
+    with pytest.raises(ValueError, match=r"`input_size` to be \(height, width\) positive ints or None, but got"):
+        MMDetWandbCallback(log_onnx=True, onnx_input_size=(128,))
+    with pytest.raises(ValueError, match=r"`opset_version` to be an int >= 16, but got 13"):
+        WandbOnnxArtifact(opset_version=13)
+    assert type(MMDetWandbCallback(log_onnx=True).parts[-1]).__name__ == "WandbOnnxArtifact"

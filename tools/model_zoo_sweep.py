@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,22 @@ def run_one(family: str, data_root: str, work_dir: str, iterations: int, panopti
     print(MARKER + json.dumps(record), flush=True)
 
 
-def sweep(families: list[str], args: argparse.Namespace) -> None:
+def sweep_dataset(work: Path) -> Path:
+    """The sweep's synthetic dataset (8 training, 2 validation images) under ``work``."""
+    from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
+
+    return make_shapes_dataset(work / "shapes", ShapesConfig(num_train=8, num_val=2, seed=0))
+
+
+def sweep(families: list[str], args: argparse.Namespace,
+          one_command: Callable[[str, Path, Path], list[str]] | None = None) -> None:
+    """Run each family in a fresh process with ``args.timeout``, ``args.jobs`` at a time; one JSON record a
+    family (the process's last ``MARKER`` line, else ``fail`` / ``timeout``) appended to ``args.results``.
+    ``one_command(family, data_root, work_dir)`` is the process's command (default: this script's ``--one``)."""
     from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
 
     work = Path(args.work_dir)
-    data_root = make_shapes_dataset(work / "shapes", ShapesConfig(num_train=8, num_val=2, seed=0))
+    data_root = sweep_dataset(work)
     # the same shapes with a floor and COCO panoptic annotations, for the panoptic models
     panoptic_root = make_shapes_dataset(work / "shapes_panoptic",
                                         ShapesConfig(num_train=8, num_val=2, seed=0, panoptic=True))
@@ -59,9 +71,10 @@ def sweep(families: list[str], args: argparse.Namespace) -> None:
     lock = threading.Lock()
 
     def run(family: str) -> None:
-        command = [sys.executable, __file__, "--one", family, "--data-root", str(data_root),
-                   "--panoptic-root", str(panoptic_root), "--work-dir", str(work / family),
-                   "--iterations", str(args.iterations)]
+        command = one_command(family, data_root, work / family) if one_command is not None else [
+            sys.executable, __file__, "--one", family, "--data-root", str(data_root),
+            "--panoptic-root", str(panoptic_root), "--work-dir", str(work / family),
+            "--iterations", str(args.iterations)]
         start = time.perf_counter()
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
@@ -138,10 +151,7 @@ def ops_of_family(family: str, data_root: str) -> dict[str, Any]:
 
 def ops_sweep(families: list[str], args: argparse.Namespace) -> None:
     """One process for every family (building models only); records to ``ops.jsonl`` beside --results."""
-    from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
-
-    work = Path(args.work_dir)
-    data_root = make_shapes_dataset(work / "shapes", ShapesConfig(num_train=8, num_val=2, seed=0))
+    data_root = sweep_dataset(Path(args.work_dir))
     out = Path(args.results).with_name("ops.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:

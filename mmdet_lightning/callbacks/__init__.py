@@ -21,6 +21,7 @@ from ..wandb import (
     WandbDetectionTables,
     WandbEvalAnalytics,
     WandbIntervalMetrics,
+    WandbOnnxArtifact,
     wandb_run_id,
 )
 from .custom_hooks import callbacks_from_config
@@ -32,6 +33,7 @@ from .progress_bar import MMDetProgressBar, MMDetRichProgressBar
 from .sync_norm import SyncNorm
 
 __all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables",
-           "WandbEvalAnalytics", "DetectionWriter", "MMDetProgressBar", "MMDetRichProgressBar", "ModelEMA",
+           "WandbEvalAnalytics", "WandbOnnxArtifact", "DetectionWriter", "MMDetProgressBar", "MMDetRichProgressBar",
+           "ModelEMA",
            "PipelineSwitch", "YOLOXModeSwitch", "SyncNorm", "MeanTeacher",
            "callbacks_from_config", "wandb_run_id"]

@@ -196,7 +196,10 @@ def export_onnx(module: Any, path: str | os.PathLike, input_size: Sequence[int] 
     detector.eval()
     try:
         with export_friendly_ops(), torch.no_grad():
-            graph = build_graph(detector).eval()
+            try:
+                graph = build_graph(detector).eval()
+            except ExportError as error:
+                raise error.with_family(family) from None
             image = torch.rand(1, 3, height, width) * 255
             args = (image, torch.tensor([height, width], dtype=torch.int64), torch.ones(2, dtype=torch.float32))
             output_names = ["boxes", "scores", "labels"] + (["masks"] if getattr(graph, "with_mask", False) else [])

@@ -10,17 +10,19 @@ from torch import nn
 from .errors import ExportError
 from .ops import SUPPORTED_MMCV_OPS
 
-__all__ = ["Family", "check_exportable", "describe_family"]
+__all__ = ["Family", "check_exportable", "describe_family", "is_gfl_head"]
 
 _TWO_STAGE_RPN = ("RPNHead",)
-_TWO_STAGE_ROI = ("StandardRoIHead",)
+_TWO_STAGE_ROI = ("StandardRoIHead", "CascadeRoIHead")
 _ROI_EXTRACTORS = ("SingleRoIExtractor",)
 _MASK_HEADS = ("FCNMaskHead",)
+_DENSE_CODERS = ("DeltaXYWHBBoxCoder", "DistancePointBBoxCoder")  # the coders graphs.decode reproduces
 
 
 @dataclass(frozen=True)
 class Family:
-    """An exportable detector: ``kind`` is ``"dense"`` or ``"two_stage"``; ``name`` says what it is."""
+    """An exportable detector: ``kind`` is ``"dense"``, ``"two_stage"`` or ``"cascade"``; ``name`` says what it
+    is."""
 
     kind: str
     name: str
@@ -70,6 +72,32 @@ def _overrides(obj: Any, base: type, method: str) -> bool:
     return getattr(type(obj), method) is not getattr(base, method)
 
 
+#: the methods of a RoI head that its inference runs: a subclass that keeps them (Dynamic R-CNN's, PISA's heads
+#: change only the losses) predicts as its base
+_ROI_PREDICT_METHODS = ("predict", "predict_bbox", "predict_mask", "_bbox_forward", "_mask_forward", "_refine_roi")
+
+
+def _roi_base(roi: Any) -> str | None:
+    """``"StandardRoIHead"`` or ``"CascadeRoIHead"`` when ``roi`` predicts as that class does, else None."""
+    import mmdet.models.roi_heads as roi_heads
+
+    for base_name in reversed(_TWO_STAGE_ROI):  # the cascade first: it is no StandardRoIHead
+        base = getattr(roi_heads, base_name)
+        if isinstance(roi, base) and not any(_overrides(roi, base, m) for m in _ROI_PREDICT_METHODS
+                                             if hasattr(base, m)):
+            return base_name
+    return None
+
+
+def is_gfl_head(head: Any) -> bool:
+    """A head that post-processes as ``GFLHead._predict_by_feat_single`` does (GFL, LD): box distances as the
+    integral of a distribution, times the stride, from the anchors' centres."""
+    from mmdet.models.dense_heads import GFLHead
+
+    return isinstance(head, GFLHead) and not any(_overrides(head, GFLHead, m) for m in (
+        "_predict_by_feat_single", "anchor_center", "forward_single"))
+
+
 def check_exportable(detector: nn.Module) -> Family:
     """The export family of ``detector``; :class:`ExportError` naming the family and the op otherwise."""
     from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
@@ -83,31 +111,39 @@ def check_exportable(detector: nn.Module) -> Family:
         if rpn is None or _name(rpn) not in _TWO_STAGE_RPN:
             raise ExportError(f"proposal head {_name(rpn)} has no export form (only {', '.join(_TWO_STAGE_RPN)})",
                               family=family, op=_name(rpn))
-        if _name(roi) not in _TWO_STAGE_ROI:
-            raise ExportError(f"RoI head {_name(roi)} has no export form (only {', '.join(_TWO_STAGE_ROI)})",
+        if _roi_base(roi) is None:
+            raise ExportError(f"RoI head {_name(roi)} has no export form (only {', '.join(_TWO_STAGE_ROI)}, and "
+                              f"subclasses that change only training: {', '.join(_ROI_PREDICT_METHODS)} as theirs)",
                               family=family, op=_name(roi))
-        if not isinstance(roi.bbox_head, BBoxHead) or _overrides(roi.bbox_head, BBoxHead, "_predict_by_feat_single"):
-            raise ExportError(f"box head {_name(roi.bbox_head)} post-processes in its own way, which has no "
-                              "export form", family=family, op=f"{_name(roi.bbox_head)}.predict_by_feat")
-        extractors = [roi.bbox_roi_extractor] + ([roi.mask_roi_extractor] if roi.with_mask else [])
+        cascade = _roi_base(roi) == "CascadeRoIHead"  # one bbox head (and extractor, mask head) a stage
+        stages = (lambda m: list(m)) if cascade else (lambda m: [m])  # noqa: E731
+        for bbox_head in stages(roi.bbox_head):
+            if not isinstance(bbox_head, BBoxHead) or _overrides(bbox_head, BBoxHead, "_predict_by_feat_single") \
+                    or (cascade and (_overrides(bbox_head, BBoxHead, "regress_by_class")
+                                     or getattr(bbox_head, "custom_activation", False))):
+                raise ExportError(f"box head {_name(bbox_head)} post-processes in its own way, which has no "
+                                  "export form", family=family, op=f"{_name(bbox_head)}.predict_by_feat")
+        extractors = stages(roi.bbox_roi_extractor) + (stages(roi.mask_roi_extractor) if roi.with_mask else [])
         for extractor in extractors:
             if _name(extractor) not in _ROI_EXTRACTORS:
                 raise ExportError(f"RoI extractor {_name(extractor)} has no export form", family=family,
                                   op=_name(extractor))
-        if roi.with_mask and _name(roi.mask_head) not in _MASK_HEADS:
-            raise ExportError(f"mask head {_name(roi.mask_head)} has no export form (only "
-                              f"{', '.join(_MASK_HEADS)})", family=family, op=_name(roi.mask_head))
+        for mask_head in stages(roi.mask_head) if roi.with_mask else []:
+            if _name(mask_head) not in _MASK_HEADS:
+                raise ExportError(f"mask head {_name(mask_head)} has no export form (only "
+                                  f"{', '.join(_MASK_HEADS)})", family=family, op=_name(mask_head))
         _check_nms(rpn.test_cfg, family, "test_cfg.rpn")
         _check_nms(roi.test_cfg, family, "test_cfg.rcnn")
         if getattr(roi, "with_semantic", False):
             raise ExportError("semantic heads have no export form", family=family, op="semantic_head")
-        return Family("two_stage", family, with_mask=bool(roi.with_mask))
+        return Family("cascade" if cascade else "two_stage", family, with_mask=bool(roi.with_mask))
     if isinstance(detector, SingleStageDetector):
         head = detector.bbox_head
         if not isinstance(head, BaseDenseHead):
             raise ExportError(f"head {_name(head)} is not a dense head", family=family, op=_name(head))
         for method in ("predict_by_feat", "_predict_by_feat_single", "_bbox_post_process"):
-            if _overrides(head, BaseDenseHead, method):
+            if _overrides(head, BaseDenseHead, method) and not (method == "_predict_by_feat_single" and
+                                                                is_gfl_head(head)):
                 raise ExportError(f"head {_name(head)} post-processes in its own way ({method}), which has no "
                                   "export form yet", family=family, op=f"{_name(head)}.{method}")
         from mmdet.models.task_modules.prior_generators import AnchorGenerator, MlvlPointGenerator
@@ -117,6 +153,10 @@ def check_exportable(detector: nn.Module) -> Family:
         if not bases or any(_overrides(generator, bases[0], m) for m in ("grid_priors", "single_level_grid_priors")):
             raise ExportError(f"prior generator {_name(head.prior_generator)} has no export form", family=family,
                               op=_name(head.prior_generator))
+        coder = _name(head.bbox_coder)
+        if coder not in _DENSE_CODERS:
+            raise ExportError(f"box coder {coder} has no export form (only {', '.join(_DENSE_CODERS)})",
+                              family=family, op=coder)
         _check_nms(head.test_cfg, family, "test_cfg")
         return Family("dense", family)
     raise ExportError("only one-stage (dense head) and two-stage (RPN + RoI head) detectors have export graphs",

@@ -3,8 +3,10 @@
 mmdet's heads post-process with ``InstanceData``, Python loops and data-dependent branches; each family here
 redoes that post-processing with the same arithmetic in plain tensor operations, one image at a time:
 
-* one-stage dense heads (``BaseDenseHead.predict_by_feat``: RetinaNet, RTMDet, FCOS, ATSS, SSD, ...);
-* two-stage detectors: ``RPNHead`` + ``StandardRoIHead`` (``BBoxHead``), with ``FCNMaskHead`` for masks.
+* one-stage dense heads (``BaseDenseHead.predict_by_feat``: RetinaNet, RTMDet, FCOS, ATSS, SSD, ...; and
+  ``GFLHead``'s: GFL, LD);
+* two-stage detectors: ``RPNHead`` + ``StandardRoIHead`` (``BBoxHead``), with ``FCNMaskHead`` for masks;
+* cascades: ``RPNHead`` + ``CascadeRoIHead`` (Cascade R-CNN, Cascade Mask R-CNN).
 
 Every graph takes ``image`` (float32 ``(1, 3, H, W)``, the test pipeline's output, channels as the pipeline
 loads them), ``img_shape`` (int64 ``(2,)``: mmdet's ``img_shape``, h, w; boxes are clipped to it) and
@@ -25,7 +27,7 @@ from torch import Tensor, nn
 from .errors import ExportError
 from .ops import nms
 
-__all__ = ["DetectorGraph", "DenseDetectorGraph", "TwoStageDetectorGraph", "build_graph"]
+__all__ = ["DetectorGraph", "DenseDetectorGraph", "TwoStageDetectorGraph", "CascadeDetectorGraph", "build_graph"]
 
 _MAX_OUTPUT = 100_000  # "keep all" for max_per_img <= 0
 _DELTA_CODERS = ("DeltaXYWHBBoxCoder",)
@@ -202,9 +204,16 @@ def dense_predict(head: Any, cls_scores: list[Tensor], bbox_preds: list[Tensor],
     score_thr = float(_cfg_get(cfg, "score_thr", 0))
     num_classes = int(head.cls_out_channels)
     dim = int(head.bbox_coder.encode_size)
+    from .families import is_gfl_head
+
+    gfl = is_gfl_head(head)  # GFLHead._predict_by_feat_single: distribution integral x stride, anchor centres
     all_scores, all_labels, all_preds, all_priors, all_factors = [], [], [], [], []
     for level, (cls_score, bbox_pred, priors) in enumerate(zip(cls_scores, bbox_preds, mlvl_priors, strict=False)):
-        bbox_pred = bbox_pred[0].permute(1, 2, 0).reshape(-1, dim)
+        if gfl:
+            bbox_pred = head.integral(bbox_pred[0].permute(1, 2, 0)) * head.prior_generator.strides[level][0]
+            priors = head.anchor_center(priors)
+        else:
+            bbox_pred = bbox_pred[0].permute(1, 2, 0).reshape(-1, dim)
         cls_score = cls_score[0].permute(1, 2, 0).reshape(-1, num_classes)
         if getattr(getattr(head, "loss_cls", None), "custom_cls_channels", False):
             raise ExportError("a classification loss with custom channels has no export form",
@@ -244,7 +253,9 @@ class TwoStageDetectorGraph(DetectorGraph):
         self.rpn_head = detector.rpn_head
         self.roi_head = detector.roi_head
         self.with_mask = bool(getattr(self.roi_head, "with_mask", False))
-        for coder in (self.rpn_head.bbox_coder, self.roi_head.bbox_head.bbox_coder):
+        bbox_heads = self.roi_head.bbox_head
+        bbox_heads = list(bbox_heads) if isinstance(bbox_heads, nn.ModuleList) else [bbox_heads]  # cascades: a stage
+        for coder in [self.rpn_head.bbox_coder, *(head.bbox_coder for head in bbox_heads)]:
             if _type_name(coder) not in _DELTA_CODERS:
                 raise ExportError(f"box coder {_type_name(coder)} has no export form", op=_type_name(coder))
 
@@ -306,6 +317,52 @@ class TwoStageDetectorGraph(DetectorGraph):
             valid = (w > min_size) & (h > min_size)
         keep = batched_nms(bboxes, scores, levels, valid, _cfg_get(cfg, "nms"), int(_cfg_get(cfg, "max_per_img", -1)))
         return bboxes[keep]
+
+
+class CascadeDetectorGraph(TwoStageDetectorGraph):
+    """``RPNHead`` proposals, then ``CascadeRoIHead``: each stage's box head refines the rois of the stage before
+    (``regress_by_class`` with the argmax label), the classification logits are averaged over the stages, the
+    last stage's boxes are post-processed as ``BBoxHead``'s; masks are the mean of every stage's mask head's
+    probabilities (``merge_aug_masks``)."""
+
+    def forward(self, image: Tensor, img_shape: Tensor, scale_factor: Tensor) -> tuple[Tensor, ...]:
+        feats = self.features(image)
+        proposals = self.proposals(feats, img_shape)
+        rois = torch.cat([proposals.new_zeros((proposals.shape[0], 1)), proposals], dim=1)
+        roi_head = self.roi_head
+        stage_scores = []
+        bbox_pred = None
+        for stage in range(roi_head.num_stages):
+            bbox_head = roi_head.bbox_head[stage]
+            cls_score, bbox_pred = bbox_head(roi_features(roi_head.bbox_roi_extractor[stage], feats, rois))
+            stage_scores.append(cls_score)
+            if stage < roi_head.num_stages - 1:
+                label = cls_score[:, :-1].argmax(dim=1)
+                deltas = bbox_pred
+                dim = int(bbox_head.bbox_coder.encode_size)
+                if not bbox_head.reg_class_agnostic:
+                    deltas = deltas.view(deltas.shape[0], -1, dim)[torch.arange(deltas.shape[0]), label]
+                refined = decode(bbox_head.bbox_coder, rois[:, 1:], deltas, img_shape)
+                rois = torch.cat([rois[:, :1], refined], dim=1)
+        cls_score = sum(stage_scores[1:], stage_scores[0]) / float(len(stage_scores))
+        last = roi_head.bbox_head[-1]
+        boxes, scores, labels = rcnn_predict(last, rois, cls_score, bbox_pred, roi_head.test_cfg, img_shape,
+                                             scale_factor, rescale=not self.with_mask)
+        if not self.with_mask:
+            return boxes, scores, labels
+        mask_rois = torch.cat([boxes.new_zeros((boxes.shape[0], 1)), boxes], dim=1)
+        merged = None
+        for stage in range(roi_head.num_stages):
+            mask_preds = roi_head.mask_head[stage](roi_features(roi_head.mask_roi_extractor[stage], feats, mask_rois))
+            merged = mask_preds.sigmoid() if merged is None else merged + mask_preds.sigmoid()
+        assert merged is not None
+        merged = merged / float(roi_head.num_stages)
+        if getattr(roi_head.mask_head[-1], "class_agnostic", False):
+            chosen = merged[:, 0]
+        else:
+            chosen = merged[torch.arange(merged.shape[0]), labels]
+        boxes = boxes / scale_factor.repeat(2)  # FCNMaskHead rescales in place: bboxes /= scale_factor
+        return boxes, scores, labels, chosen
 
 
 def roi_features(extractor: Any, feats: Sequence[Tensor], rois: Tensor) -> Tensor:
@@ -371,6 +428,8 @@ def build_graph(detector: nn.Module) -> DetectorGraph:
         graph = DenseDetectorGraph(detector)
     elif family.kind == "two_stage":
         graph = TwoStageDetectorGraph(detector)
+    elif family.kind == "cascade":
+        graph = CascadeDetectorGraph(detector)
     if graph is not None:
         graph.family_name = family.name
         return graph

@@ -7,7 +7,9 @@
   ``coordinate_transformation_mode="half_pixel"`` / ``"output_half_pixel"``).
 
 :func:`export_friendly_ops` switches them into the mmcv modules for the duration of an export and restores
-the originals afterwards (multi-scale deformable attention is switched to mmcv's own pure-torch form).
+the originals afterwards (multi-scale deformable attention is switched to mmcv's own pure-torch form, and
+deformable convolutions, v1 and v2, to ``mmdet_lightning.mmcv_ext``'s gather-based bilinear im2col and matmul: the
+numbers of mmcv's kernel, as ONNX ``GatherElements`` / ``MatMul``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["nms", "roi_align", "export_friendly_ops", "onnx_translations", "SUPPORTED_MMCV_OPS"]
+__all__ = ["nms", "roi_align", "deform_conv", "export_friendly_ops", "onnx_translations", "SUPPORTED_MMCV_OPS"]
 
 #: mmcv op modules that have an export form here (others found in a model stop the export with a clear error)
-SUPPORTED_MMCV_OPS = ("RoIAlign", "MultiScaleDeformableAttention")
+SUPPORTED_MMCV_OPS = ("RoIAlign", "MultiScaleDeformableAttention", "DeformConv2d", "DeformConv2dPack",
+                      "ModulatedDeformConv2d", "ModulatedDeformConv2dPack")
 
 
 @torch.library.custom_op("mmdet_lightning::nms", mutates_args=())
@@ -100,14 +103,55 @@ def _roi_align_forward(self: Any, input: Tensor, rois: Tensor) -> Tensor:
                                                int(self.sampling_ratio), bool(self.aligned))
 
 
+def deform_conv(input: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor, bias: Tensor | None,
+                stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
+                deform_groups: int = 1) -> Tensor:
+    """mmcv's deformable convolution (``mask``: v2, modulated) in plain tensor operations (``mmcv_ext``'s)."""
+    from torch.nn.modules.utils import _pair
+
+    from ..mmcv_ext.torch_ext import _deform_apply, _deform_columns
+
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    kh, kw = int(weight.shape[2]), int(weight.shape[3])
+    cols = _deform_columns(input, offset, mask, kh, kw, sh, sw, ph, pw, dh, dw, deform_groups)
+    ho = (input.shape[2] + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    wo = (input.shape[3] + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    out = _deform_apply(cols, weight, groups, ho, wo)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+def _deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, stride: Any = 1, padding: Any = 0,
+                   dilation: Any = 1, groups: int = 1, deform_groups: int = 1, bias: bool = False,
+                   im2col_step: int = 32) -> Tensor:
+    return deform_conv(input, offset, None, weight, None, stride, padding, dilation, groups, deform_groups)
+
+
+def _modulated_deform_conv2d(input: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Tensor | None = None,
+                             stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
+                             deform_groups: int = 1) -> Tensor:
+    return deform_conv(input, offset, mask, weight, bias, stride, padding, dilation, groups, deform_groups)
+
+
+def _deform_conv_forward(self: Any, x: Tensor, offset: Tensor) -> Tensor:
+    """``DeformConv2d.forward`` without its padding of inputs smaller than the kernel (for the CUDA kernel; a
+    size-dependent branch that a dynamic-size trace cannot take)."""
+    return _deform_conv2d(x, offset, self.weight, self.stride, self.padding, self.dilation, self.groups,
+                          self.deform_groups)
+
+
 @contextlib.contextmanager
 def export_friendly_ops() -> Iterator[None]:
     """Within the block, mmcv's ``RoIAlign`` modules run as ``mmdet_lightning::roi_align`` (same numbers, an
     ONNX form) and multi-scale deformable attention takes mmcv's pure-torch path; restored on exit."""
+    import mmcv.ops.deform_conv as dcn
+    import mmcv.ops.modulated_deform_conv as mdcn
     import mmcv.ops.multi_scale_deform_attn as msda
     from mmcv.ops import RoIAlign
 
     saved_forward = RoIAlign.forward
+    saved_dcn = (dcn.deform_conv2d, mdcn.modulated_deform_conv2d, dcn.DeformConv2d.forward)
+    dcn.deform_conv2d, mdcn.modulated_deform_conv2d = _deform_conv2d, _modulated_deform_conv2d
+    dcn.DeformConv2d.forward = _deform_conv_forward
     saved_cuda = getattr(msda, "IS_CUDA_AVAILABLE", None)
     saved_mlu = getattr(msda, "IS_MLU_AVAILABLE", None)
     RoIAlign.forward = _roi_align_forward
@@ -119,6 +163,7 @@ def export_friendly_ops() -> Iterator[None]:
         yield
     finally:
         RoIAlign.forward = saved_forward
+        dcn.deform_conv2d, mdcn.modulated_deform_conv2d, dcn.DeformConv2d.forward = saved_dcn
         if saved_cuda is not None:
             msda.IS_CUDA_AVAILABLE = saved_cuda
         if saved_mlu is not None:

@@ -2,14 +2,41 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-__all__ = ["TorchPredictor", "compare_detections"]
+__all__ = ["TorchPredictor", "compare_detections", "make_heads_decisive"]
+
+#: a classification layer's name: ``retina_cls``, ``rpn_cls``, ``fc_cls``, ``rtm_cls.0``, ``conv_cls``, ``atss_cls``...
+_CLS_LAYER = re.compile(r"(^|\.)\w*_cls(\.\d+)?$")
+
+
+def make_heads_decisive(detector: nn.Module, seed: int = 0,
+                        heads: tuple[str, ...] = ("bbox_head", "rpn_head", "roi_head")) -> None:
+    """Give the convolutions and linear layers under ``heads`` fixed random weights of a trained net's scale (He
+    init) and classification biases of -1 (other biases 0), so that an untrained detector scores many boxes
+    above its threshold, with distinct scores: detections to compare an export on, without training.
+
+    Example::
+        >>> layer = nn.Sequential(); layer.add_module("fc_cls", nn.Linear(4, 2))
+        >>> make_heads_decisive(layer, heads=("fc_cls",)); layer.fc_cls.bias.tolist()
+        [-1.0, -1.0]
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in detector.named_modules():
+            if not any(name.startswith(h) for h in heads) or not isinstance(module, (nn.Conv2d, nn.Linear)):
+                continue
+            fan_in = module.weight[0].numel()
+            module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+            if module.bias is not None:
+                module.bias.fill_(-1.0 if _CLS_LAYER.search(name) else 0.0)
 
 
 class TorchPredictor:

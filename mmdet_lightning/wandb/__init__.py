@@ -6,6 +6,7 @@
     checkpoint_artifacts.py WandbCheckpointArtifacts: ModelCheckpoint's files as `run_<id>_model` artifacts
     tables.py               WandbDetectionTables: `val_data` and `eval_data` tables
     analytics.py            WandbEvalAnalytics: per-class AP, PR curves, confusion matrix, run summary
+    onnx_artifact.py        WandbOnnxArtifact: the trained model as ONNX (`run_<id>_onnx`), with onnxruntime's mAP
     media.py                pure converters: mmdet annotations / predictions -> W&B box and mask dicts
     records.py              reads an offline run's transaction log (`run-*.wandb`) back
 
@@ -21,8 +22,9 @@ from .callback import MMDetWandbCallback
 from .checkpoint_artifacts import WandbCheckpointArtifacts
 from .logger import ResilientWandbLogger, wandb_credentials
 from .metrics import WandbIntervalMetrics
+from .onnx_artifact import WandbOnnxArtifact
 from .tables import WandbDetectionTables
 
 __all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables",
-           "WandbEvalAnalytics",
+           "WandbEvalAnalytics", "WandbOnnxArtifact",
            "ResilientWandbLogger", "wandb_credentials", "wandb_run_id"]

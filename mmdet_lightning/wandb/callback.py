@@ -10,6 +10,7 @@ from ._common import check_non_negative_int, check_unit_interval, finish_run
 from .analytics import WandbEvalAnalytics
 from .checkpoint_artifacts import WandbCheckpointArtifacts
 from .metrics import WandbIntervalMetrics
+from .onnx_artifact import WandbOnnxArtifact
 from .tables import WandbDetectionTables
 from .worker import BackgroundWorker
 
@@ -22,7 +23,7 @@ _FORWARDED_HOOKS = (
     "setup", "on_fit_start", "on_train_start", "on_train_epoch_start", "on_train_batch_start",
     "on_train_batch_end", "on_validation_start", "on_validation_batch_start", "on_validation_batch_end",
     "on_validation_epoch_end", "on_validation_end", "on_test_start", "on_test_batch_start", "on_test_batch_end",
-    "on_test_epoch_end", "on_test_end",
+    "on_test_epoch_end", "on_test_end", "on_fit_end",
 )
 
 
@@ -33,7 +34,7 @@ class MMDetWandbCallback(Callback):
     :class:`WandbCheckpointArtifacts` (``log_checkpoint``, ``log_checkpoint_metadata``),
     :class:`WandbDetectionTables` (``num_eval_images``, ``bbox_score_thr``, ``mean_confidence``) and, beyond
     the hook, :class:`WandbEvalAnalytics` (``per_class_ap``, ``pr_curves``, ``confusion_matrix``,
-    ``run_summary``; left out when all four are off).
+    ``run_summary``; left out when all four are off) and :class:`WandbOnnxArtifact` (``log_onnx``).
 
     Args:
         interval: log training scalars every N iterations, averaged over them.
@@ -49,6 +50,10 @@ class MMDetWandbCallback(Callback):
         confusion_matrix: log ``eval/confusion_matrix`` (chart) and ``eval/confusion_matrix_counts``.
         run_summary: best monitored metric and its epoch, parameters, FLOPs and ms per image in the summary.
         monitor: the metric whose best value the summary holds.
+        log_onnx: at the end of ``fit``, export the best checkpoint's weights (else the last) to ONNX, measure
+            the validation metrics with onnxruntime, and log the file as artifact ``run_<id>_onnx`` (type
+            ``model``, alias ``onnx``); a model that cannot be exported gives a warning, not an error.
+        onnx_input_size: ``(height, width)`` for a fixed ONNX input size; None (default) for any size.
         background: build the tables, log the artifacts (tables, checkpoints) and count the FLOPs on one
             background thread shared by the parts, so that no training step waits on them; what is handed
             over is logged by the end of ``fit`` / ``validate`` / ``test``, on an exception and at interpreter
@@ -78,6 +83,8 @@ class MMDetWandbCallback(Callback):
         run_summary: bool = True,
         monitor: str = "coco/bbox_mAP",
         background: bool = True,
+        log_onnx: bool = False,
+        onnx_input_size: tuple[int, int] | None = None,
     ) -> None:
         check_one_package(type(self).__name__)
         check_non_negative_int("interval", interval, positive=True)
@@ -97,6 +104,8 @@ class MMDetWandbCallback(Callback):
                                             worker=self.worker)
         if any(analytics.values()):
             self.parts.append(analytics_part)
+        if log_onnx:
+            self.parts.append(WandbOnnxArtifact(input_size=onnx_input_size, worker=self.worker))
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Calls ``teardown`` of each part, then waits for the background worker and stops its thread."""
