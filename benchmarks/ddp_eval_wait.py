@@ -69,13 +69,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch.multiprocessing as mp
-
-    from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
+    from evaluation import validation_set
 
     jobs = []
     for num_images in args.images:
-        root = make_shapes_dataset(f"{args.data_root}_{num_images}", ShapesConfig(
-            num_train=0, num_val=num_images, crowd_prob=0.1, empty_prob=0.08, seed=5))
+        root = validation_set(args.data_root, num_images)
         jobs += [(backend, num_images, iou_type, str(root)) for iou_type in args.iou_types
                  for backend in args.backends]
     context = mp.get_context("spawn")

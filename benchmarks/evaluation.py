@@ -141,6 +141,14 @@ def run_torchmetrics(backend: str, ann_file: Path, samples: list[dict]) -> dict[
             "stats": np.full(12, np.nan)}
 
 
+def validation_set(data_root: str, num_images: int) -> Path:
+    """The benchmarks' synthetic validation set of ``num_images`` (10% crowd objects, 8% empty images)."""
+    from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
+
+    return make_shapes_dataset(f"{data_root}_{num_images}", ShapesConfig(
+        num_train=0, num_val=num_images, crowd_prob=0.1, empty_prob=0.08, seed=5))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, nargs="+", default=[500, 5000])
@@ -150,13 +158,11 @@ def main() -> None:
     parser.add_argument("--data-root", default="data/bench_eval_shapes")
     args = parser.parse_args()
 
-    from mmdet_lightning.synthetic import ShapesConfig, make_shapes_dataset
     from tests.test_evaluation import synthetic_predictions
 
     rows = []
     for num_images in args.images:
-        root = make_shapes_dataset(f"{args.data_root}_{num_images}", ShapesConfig(
-            num_train=0, num_val=num_images, crowd_prob=0.1, empty_prob=0.08, seed=5))
+        root = validation_set(args.data_root, num_images)
         ann_file = root / "annotations" / "instances_val.json"
         samples = synthetic_predictions(ann_file)
         detections = sum(len(s["pred_instances"]["bboxes"]) for s in samples)

@@ -137,6 +137,15 @@ def _fields_set(settings: Any) -> set[str]:
     return set(fields) if fields is not None else {_FLUSH_SETTING}
 
 
+def validation_metrics(trainer: pl.Trainer, pl_module: Any) -> dict[str, float]:
+    """The metrics of the validation that just ended: ``MMDetModule.last_eval_metrics``, else the trainer's
+    callback metrics less the training ones (another LightningModule)."""
+    metrics = getattr(pl_module, "last_eval_metrics", None)
+    if metrics is None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("train/")}
+    return dict(metrics)
+
+
 def check_non_negative_int(name: str, value: Any, positive: bool = False) -> int:
     """``"Expected argument `interval` to be a positive int, but got -1."``"""
     low = 1 if positive else 0

@@ -19,7 +19,7 @@ from ..checkpoint_io import CheckpointWriteError, SafeCheckpointIO, md5_base64
 from ..engine.run_state import dataset_meta
 from ..lightning_package import pl
 from ..tasks import task_of
-from ._common import find_wandb_logger, finish_run, warn_if_other_run
+from ._common import find_wandb_logger, finish_run, validation_metrics, warn_if_other_run
 from .worker import BackgroundWorker
 
 Callback = pl.callbacks.Callback
@@ -175,10 +175,7 @@ class WandbCheckpointArtifacts(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        metrics = getattr(pl_module, "last_eval_metrics", None)
-        if metrics is None:
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("train/")}
-        self._eval_metrics = dict(metrics)
+        self._eval_metrics = validation_metrics(trainer, pl_module)
 
     def _on_checkpoint_saved(self, checkpoint_callback: ModelCheckpoint) -> None:
         trainer = self._trainer

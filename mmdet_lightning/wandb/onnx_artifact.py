@@ -13,7 +13,7 @@ from .._compat import wandb as wandb_compat
 from ..lightning_package import pl
 from ..tasks import task_of
 from ..utilities import first_dataset
-from ._common import find_wandb_logger
+from ._common import find_wandb_logger, validation_metrics
 from .worker import BackgroundWorker
 
 Callback = pl.callbacks.Callback
@@ -90,10 +90,7 @@ class WandbOnnxArtifact(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        metrics = getattr(pl_module, "last_eval_metrics", None)
-        if metrics is None:
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("train/")}
-        self._evals[trainer.global_step] = dict(metrics)
+        self._evals[trainer.global_step] = validation_metrics(trainer, pl_module)
         self._val_dataset = first_dataset(trainer.val_dataloaders)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
