@@ -1,5 +1,5 @@
 # make demo: set up, generate the synthetic data, train a detector with W&B offline, print the mAP
-# make lint: ruff (style, imports, likely bugs) over the package and tests, mypy over the package
+# make lint: ruff (style, imports, likely bugs) over the package, tests, benchmarks and tools, mypy over the package
 # make test: set up, lint, and run the whole test suite, then its core flows on lightning.pytorch (what CI runs)
 # make test-compiled-ops: in a second environment with mmcv's compiled ops (built from source, about 10 minutes
 #   the first time), compare mmdet_lightning's PyTorch ops with the compiled kernels (CI runs it after make test)
@@ -15,7 +15,7 @@ demo: setup
 	$(PY) examples/train_shapes.py
 
 lint: setup
-	$(PY) -m ruff check mmdet_lightning tests
+	$(PY) -m ruff check mmdet_lightning tests benchmarks tools
 	$(PY) -m mypy mmdet_lightning
 
 test: setup lint

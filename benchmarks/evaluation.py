@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +40,8 @@ METRICS = {"pycocotools": "CocoMetric", "faster_coco_eval": "FastCocoMetric", "h
 
 @contextlib.contextmanager
 def timed(cls: type, seconds: list[tuple[float, float]]) -> Iterator[None]:
-    """Add the wall and CPU seconds of every ``evaluate``, ``accumulate`` and ``summarize`` of ``cls`` to ``seconds``."""
+    """Add the wall and CPU seconds of every ``evaluate``, ``accumulate`` and ``summarize`` of ``cls`` to
+    ``seconds``."""
     names = ("evaluate", "accumulate", "summarize")
     own = {name: cls.__dict__.get(name) for name in names}
     for name in names:
@@ -134,7 +137,7 @@ def run_torchmetrics(backend: str, ann_file: Path, samples: list[dict]) -> dict[
                         "iscrowd": torch.tensor(target["iscrowd"], dtype=torch.int64),
                         "area": torch.tensor(target["area"], dtype=torch.float32)}])
     out = metric.compute()
-    names = dict(zip(KEYS, ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")))
+    names = dict(zip(KEYS, ("map", "map_50", "map_75", "map_small", "map_medium", "map_large"), strict=True))
     return {"seconds": time.perf_counter() - start, "coco_eval_seconds": float("nan"),
             "coco_eval_cpu_seconds": float("nan"),
             "results": {f"coco/bbox_{key}": round(float(out[name]), 3) for key, name in names.items()},
@@ -174,7 +177,7 @@ def main() -> None:
                 batch = samples
             metrics = {name: build_metric(name, ann_file) for name in args.backends}  # one each, as in training
             runners: dict[str, Callable[[], dict[str, Any]]] = {
-                name: (lambda name=name: run_metric(name, metrics[name], batch, iou_type)) for name in args.backends}
+                name: functools.partial(run_metric, name, metrics[name], batch, iou_type) for name in args.backends}
             if iou_type == "bbox":
                 try:
                     from torchmetrics.detection import MeanAveragePrecision  # noqa: F401  needs torchvision
@@ -182,7 +185,7 @@ def main() -> None:
                     print(f"torchmetrics MeanAveragePrecision skipped: {err} (it needs torchvision)", file=sys.stderr)
                 else:
                     for name in ("pycocotools", "faster_coco_eval"):
-                        runners[f"torchmetrics ({name})"] = lambda name=name: run_torchmetrics(name, ann_file, batch)
+                        runners[f"torchmetrics ({name})"] = functools.partial(run_torchmetrics, name, ann_file, batch)
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
             for _ in range(args.repeats):
                 for name, run in runners.items():

@@ -11,6 +11,7 @@ Speed: each config trains ``--iters`` iterations in a fresh process per precisio
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -38,17 +39,19 @@ def _one(args: argparse.Namespace) -> None:
         def on_train_batch_start(self, *unused: Any) -> None:
             stamps.append(time.perf_counter())
 
-    kwargs: dict[str, Any] = dict(max_epochs=args.epochs) if args.epochs else dict(max_steps=args.iters, limit_val_batches=0)
+    kwargs: dict[str, Any] = (dict(max_epochs=args.epochs) if args.epochs
+                              else dict(max_steps=args.iters, limit_val_batches=0))
     trainer = pl.Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, callbacks=[Stamp()], **kwargs)
     pl.seed_everything(0)
     cfg.train_cfg.max_epochs = args.epochs or 1
     trainer.fit(MMDetModule(cfg), datamodule=MMDetDataModule(cfg))
-    deltas = [b - a for a, b in zip(stamps, stamps[1:])]
+    deltas = [b - a for a, b in itertools.pairwise(stamps)]
     deltas = deltas[5:] or deltas  # warm-up left out where there is more
     losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-    result: dict[str, Any] = {"sec_per_iter": statistics.median(deltas), "losses_finite": all(map(math.isfinite, losses.values()))}
+    result: dict[str, Any] = {"sec_per_iter": statistics.median(deltas),
+                              "losses_finite": all(map(math.isfinite, losses.values()))}
     if args.epochs:
         result["mAP"] = float(trainer.callback_metrics["coco/bbox_mAP"])
     print(json.dumps(result))
@@ -57,7 +60,8 @@ def _one(args: argparse.Namespace) -> None:
 def _spawn(args: argparse.Namespace, config: str, precision: str, epochs: int) -> dict[str, Any]:
     """One run in a fresh process; a failing run is reported (its error's last lines) and counts as NaN."""
     command = [sys.executable, __file__, "--one", "--config", config, "--precision", precision, "--iters",
-               str(args.iters), "--epochs", str(epochs), "--data-root", args.data_root, "--accelerator", args.accelerator]
+               str(args.iters), "--epochs", str(epochs), "--data-root", args.data_root,
+               "--accelerator", args.accelerator]
     try:
         return run_json(command)
     except subprocess.CalledProcessError as err:

@@ -29,6 +29,7 @@ the next sample is read), the median over the repeats.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -136,9 +137,9 @@ class SharedWork:
 
     def per_iteration(self, warmup: int) -> tuple[list[float], list[float]]:
         """Wall seconds and framework seconds (wall less shared work) of each iteration after ``warmup``."""
-        walls = [b - a for a, b in zip(self.wall, self.wall[1:])][warmup:]
-        shared = [b - a for a, b in zip(self.inside, self.inside[1:])][warmup:]
-        return walls, [w - s for w, s in zip(walls, shared)]
+        walls = [b - a for a, b in itertools.pairwise(self.wall)][warmup:]
+        shared = [b - a for a, b in itertools.pairwise(self.inside)][warmup:]
+        return walls, [w - s for w, s in zip(walls, shared, strict=True)]
 
     def gaps(self, warmup: int) -> dict[str, float]:
         """Framework seconds per iteration after ``warmup``, by where they fall: between the end of one shared
@@ -147,9 +148,20 @@ class SharedWork:
         starts = [i for i, (name, *_) in enumerate(self.calls) if name == "iteration start"]
         calls = self.calls[starts[warmup]:starts[-1] + 1]
         total: dict[str, float] = {}
-        for (before, _, end), (after, start, _) in zip(calls, calls[1:]):
+        for (before, _, end), (after, start, _) in itertools.pairwise(calls):
             key = f"{before} -> {after}"
             total[key] = total.get(key, 0.0) + start - end
+        iterations = len(starts) - 1 - warmup
+        return {key: seconds / iterations for key, seconds in sorted(total.items(), key=lambda kv: -kv[1])}
+
+    def shared_calls(self, warmup: int) -> dict[str, float]:
+        """Seconds per iteration after ``warmup`` inside each shared call (``"backward"``: ``Tensor.backward``,
+        DDP's gradient all-reduce included), where the two sides' shared work differs when it does."""
+        starts = [i for i, (name, *_) in enumerate(self.calls) if name == "iteration start"]
+        total: dict[str, float] = {}
+        for name, start, end in self.calls[starts[warmup]:starts[-1] + 1]:
+            if name != "iteration start":
+                total[name] = total.get(name, 0.0) + end - start
         iterations = len(starts) - 1 - warmup
         return {key: seconds / iterations for key, seconds in sorted(total.items(), key=lambda kv: -kv[1])}
 
@@ -206,7 +218,8 @@ def _run_lightning(cfg: Any, work_dir: str, console: bool, shared: SharedWork,
     world_size = _world_size()  # under torchrun, Lightning joins its processes
     strategy = "ddp" if world_size > 1 else "auto"
     trainer = pl.Trainer(max_steps=iters, accelerator="cpu", devices=world_size, strategy=strategy, logger=console,
-                         enable_checkpointing=False, enable_progress_bar=console, enable_model_summary=console, limit_val_batches=0,
+                         enable_checkpointing=False, enable_progress_bar=console, enable_model_summary=console,
+                         limit_val_batches=0,
                          callbacks=[Stamp()], default_root_dir=work_dir)
     trainer.fit(MMDetModule.from_config(cfg), datamodule=MMDetDataModule.from_config(cfg))
 
@@ -225,7 +238,7 @@ def _one_run(args: argparse.Namespace) -> None:
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps({"sec_per_iter": statistics.median(walls), "iters": len(walls), "peak_rss_mb": peak_mb,
                           "framework_sec_per_iter": statistics.mean(framework),
-                          "gaps": shared.gaps(args.warmup)}))
+                          "gaps": shared.gaps(args.warmup), "shared": shared.shared_calls(args.warmup)}))
 
 
 def _world_size() -> int:
@@ -256,7 +269,8 @@ def main() -> None:
     parser.add_argument("--gaps", action="store_true",
                         help="also print each side's framework ms by where it falls between two shared calls")
     parser.add_argument("--lightning-sigterm", action="store_true",
-                        help="diagnostic: Lightning's own SIGTERM handling (a broadcast every step under DDP) instead of "
+                        help="diagnostic: Lightning's own SIGTERM handling (a broadcast every step under DDP) "
+                             "instead of "
                              "mmdet_lightning's PreemptionHandler")
     parser.add_argument("--one", choices=["mmengine", "lightning"], help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -307,6 +321,10 @@ def _print_gaps(runs: dict[str, list[dict[str, Any]]]) -> None:
         for key, ms in sorted(gaps.items(), key=lambda kv: -kv[1]):
             if ms >= 0.02:
                 print(f"    {key:40s} {ms:6.2f}")
+        shared = {key: 1000 * statistics.median(r["shared"].get(key, 0.0) for r in rs) for key in rs[0]["shared"]}
+        print(f"  {framework}: ms inside each shared call (median of the repeats)")
+        for key, ms in sorted(shared.items(), key=lambda kv: -kv[1]):
+            print(f"    {key:40s} {ms:6.2f}")
 
 
 def _plot(table: dict[str, dict[str, list[float]]], path: str) -> None:
@@ -322,7 +340,8 @@ def _plot(table: dict[str, dict[str, list[float]]], path: str) -> None:
         xs = [i + (offset - 0.5) * width for i in range(len(table))]
         values = [table[c][framework] for c in table]
         medians = [statistics.median(v) for v in values]
-        errors = [[m - min(v) for m, v in zip(medians, values)], [max(v) - m for m, v in zip(medians, values)]]
+        errors = [[m - min(v) for m, v in zip(medians, values, strict=True)],
+                  [max(v) - m for m, v in zip(medians, values, strict=True)]]
         label = "mmengine Runner" if framework == "mmengine" else "pl.Trainer + MMDetModule"
         ax.bar(xs, medians, width, yerr=errors, capsize=3, color=colour, label=label)
     ax.set_xticks(range(len(table)), list(table))

@@ -84,6 +84,28 @@ def _instrument(cpu: dict[str, float], callback: Any) -> None:
         setattr(callback, name, _thread_cpu_meter(cpu, hook_key, getattr(callback, name)))
 
 
+def _WallClock(pl: Any) -> Any:  # noqa: N802  (a class made once Lightning's package is imported)
+    """A callback adding the wall seconds of training batches and of validations to ``seconds``."""
+
+    class WallClock(pl.Callback):
+        def __init__(self) -> None:
+            self.seconds: dict[str, float] = defaultdict(float)
+            self._start = 0.0
+
+        def _begin(self, *args: Any) -> None:
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            self.seconds["train_batches"] += time.perf_counter() - self._start
+
+        def on_validation_end(self, *args: Any) -> None:
+            self.seconds["validation"] += time.perf_counter() - self._start
+
+        on_train_batch_start = on_validation_start = _begin
+
+    return WallClock()
+
+
 def _descendants(pid: int) -> list[int]:
     children: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -124,6 +146,8 @@ def _one_run(args: argparse.Namespace) -> None:
             callback = MMDetWandbCallback(interval=50, log_checkpoint=True, num_eval_images=100)
             callbacks.append(callback)
         _instrument(cpu, callback)
+        wall = _WallClock(pl)
+        callbacks.append(wall)
         settings = wandb.Settings(x_stats_sampling_interval=args.stats_sampling or 15.0,
                                   x_disable_stats=args.stats_sampling == 0)
         logger = pl.loggers.WandbLogger(offline=True, save_dir=work_dir, project="bench", settings=settings)
@@ -140,7 +164,7 @@ def _one_run(args: argparse.Namespace) -> None:
         end = resource.getrusage(resource.RUSAGE_SELF)
         cpu["process"] = end.ru_utime + end.ru_stime - usage.ru_utime - usage.ru_stime
         cpu["wandb_core"] = _wandb_core_cpu()
-    print(json.dumps({"seconds": seconds, "cpu": cpu}))
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "wall": wall.seconds}))
 
 
 def _table(rows: dict[str, list[dict[str, Any]]]) -> None:
@@ -150,6 +174,12 @@ def _table(rows: dict[str, list[dict[str, Any]]]) -> None:
         values = [run["seconds"] for run in runs]
         print(f"{variant:24s} {min(values):9.1f} {statistics.median(values):8.1f} {max(values):8.1f} "
               f"{statistics.median(values) / base:6.3f}")
+    walls = sorted({key for runs in rows.values() for run in runs for key in run.get("wall", {})})
+    print("\nwall seconds, median of the repeats")
+    print(f"{'run':24s} " + " ".join(f"{key:>14s}" for key in walls))
+    for variant, runs in rows.items():
+        print(f"{variant:24s} " + " ".join(f"{statistics.median(run['wall'].get(key, 0.0) for run in runs):14.2f}"
+                                           for key in walls))
     keys = sorted({key for runs in rows.values() for run in runs for key in run["cpu"]})
     print("\nCPU seconds, median of the repeats")
     print(f"{'run':24s} " + " ".join(f"{key:>12s}" for key in keys))

@@ -212,11 +212,13 @@ class MMDetModule(pl.LightningModule):
         the same bar, updated at most ten times a second instead of after every step; a progress bar passed
         to the Trainer is kept), and SIGTERM / SLURM's requeue signal stop every rank at the same batch with a
         checkpoint, without Lightning's per-step broadcast
-        (:class:`~mmdet_lightning.engine.preemption.PreemptionHandler`)."""
+        (:class:`~mmdet_lightning.engine.preemption.PreemptionHandler`; one passed to the Trainer is kept)."""
         from .callbacks.progress_bar import replace_default_progress_bar
 
         bar = replace_default_progress_bar(self.trainer.progress_bar_callback)
-        return ([bar] if bar is not None else []) + ([PreemptionHandler()] if self.HANDLE_PREEMPTION else [])
+        given: list[pl.Callback] = self.trainer.callbacks  # type: ignore[attr-defined]  # set by its connector
+        handler = self.HANDLE_PREEMPTION and not any(isinstance(c, PreemptionHandler) for c in given)
+        return ([bar] if bar is not None else []) + ([PreemptionHandler()] if handler else [])
 
     def setup(self, stage: str) -> None:
         """The config's ``env_cfg``, and the strategy checked and adapted to the model

@@ -23,6 +23,7 @@ from .helpers.user_env import explain, run_as_user
 
 SCRIPT = Path(__file__).parent / "helpers" / "preempt_fit.py"
 SLURM_JOB = Path(__file__).parent / "helpers" / "slurm_job.py"
+AGREEMENT = Path(__file__).parent / "helpers" / "preemption_agreement.py"
 
 
 def _fit(out: Path, data_root: Path, *args: str) -> Any:
@@ -172,6 +173,46 @@ def test_lightning_per_step_broadcast_is_replaced(shapes_config: Any) -> None:
     assert lightning_has_sigterm_switch() or trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor() is None
     trainer._signal_connector._sigterm_notifier_fn(signal.SIGTERM, None)
     assert handler.requested == 1 and not trainer.received_sigterm  # recorded; the stop waits for the batch's end
+
+
+@pytest.mark.parametrize("seconds, signal_rank, signal_batch", [(0.0, 1, 7), (0.2, 0, 50), (0.2, 1, 123)],
+                         ids=["every-batch", "spaced-signal-on-rank-0", "spaced-signal-on-rank-1"])
+def test_ranks_agree_at_one_batch_however_far_apart_the_agreements(
+        tmp_path: Path, seconds: float, signal_rank: int, signal_batch: int) -> None:
+    """The handler's own protocol on 2 gloo processes whose batches take 4 and 8 ms: both ranks take the same
+    agreement interval (from the slower rank's step time) and decide the stop at the same batch, no later than
+    one interval and the two batches of lag after the signal."""
+    from mmdet_lightning.engine.preemption import PreemptionHandler
+
+    done = run_as_user(["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(AGREEMENT), str(tmp_path), str(seconds), str(signal_rank), str(signal_batch)],
+                       cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, explain(done)
+    ranks = [json.loads((tmp_path / f"agreement{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # the same schedule, and the same decision at the same batch
+    decided, interval = ranks[0]["decided"], max(ranks[0]["intervals"])
+    if seconds == 0:
+        assert interval == 1
+    else:  # 0.2 s at 8 ms (or more, on a busy machine) a batch: a few to 25 batches, not every batch
+        assert 2 <= interval <= 26, ranks[0]["intervals"]
+    assert signal_batch <= decided <= signal_batch + interval + PreemptionHandler.LAG
+
+
+def test_a_handler_given_to_the_trainer_is_kept(shapes_config: Any) -> None:
+    """``Trainer(callbacks=[PreemptionHandler(...)])`` sets its options: MMDetModule does not add a second."""
+    from mmdet_lightning import MMDetModule
+    from mmdet_lightning.engine.preemption import PreemptionHandler
+    from mmdet_lightning.lightning_package import pl
+
+    ours = PreemptionHandler(seconds_between_agreements=2.0)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, max_epochs=1, callbacks=[ours])
+    module = MMDetModule(shapes_config("shapes_retinanet.py"))
+    module.trainer = trainer
+    assert not any(isinstance(c, PreemptionHandler) for c in module.configure_callbacks())
+    module.trainer = pl.Trainer(accelerator="cpu", logger=False, max_epochs=1)
+    assert sum(isinstance(c, PreemptionHandler) for c in module.configure_callbacks()) == 1
+    with pytest.raises(ValueError, match="seconds_between_agreements"):
+        PreemptionHandler(seconds_between_agreements=-1)
 
 
 @pytest.mark.slow

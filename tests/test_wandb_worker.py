@@ -187,3 +187,21 @@ def test_preemption_drains_every_worker_before_its_checkpoint() -> None:
     drain_all_workers()
     assert done == ["table"]
     worker.close()
+
+
+def test_jobs_use_one_pytorch_thread_and_leave_the_others_theirs() -> None:
+    """A job's PyTorch ops run on one intra-op thread (no second OpenMP team beside the training threads); the
+    calling thread's count, and the default of threads started later, stay as they were."""
+    import torch
+
+    before = torch.get_num_threads()
+    seen: dict[str, int] = {}
+    worker = BackgroundWorker()
+    worker.submit(lambda: seen.update(job=torch.get_num_threads(), sum=int(torch.ones(1 << 16).sum())))
+    worker.drain()
+    later = threading.Thread(target=lambda: seen.update(later=torch.get_num_threads()))
+    later.start()
+    later.join()
+    worker.close()
+    assert seen == {"job": 1, "sum": 1 << 16, "later": before}
+    assert torch.get_num_threads() == before

@@ -9,12 +9,16 @@ re-exported here), mmdet's ``custom_hooks`` as callbacks, the prediction writer 
     prediction_writer.py  DetectionWriter: ``predict`` results as COCO JSON (and drawn images)
     progress_bar.py       MMDetProgressBar / MMDetRichProgressBar: Lightning's bars, throttled
 
+and :class:`PreemptionHandler` (defined in :mod:`mmdet_lightning.engine.preemption`; ``MMDetModule`` adds one to
+every fit, pass your own to set its options).
+
 Example::
     >>> from mmdet_lightning.callbacks import callbacks_from_config
     >>> [type(cb).__name__ for cb in callbacks_from_config({"custom_hooks": [dict(type="SyncNormHook")]})]
     ['SyncNorm']
 """
 
+from ..engine.preemption import PreemptionHandler
 from ..wandb import (
     MMDetWandbCallback,
     WandbCheckpointArtifacts,
@@ -35,5 +39,5 @@ from .sync_norm import SyncNorm
 __all__ = ["MMDetWandbCallback", "WandbIntervalMetrics", "WandbCheckpointArtifacts", "WandbDetectionTables",
            "WandbEvalAnalytics", "WandbOnnxArtifact", "DetectionWriter", "MMDetProgressBar", "MMDetRichProgressBar",
            "ModelEMA",
-           "PipelineSwitch", "YOLOXModeSwitch", "SyncNorm", "MeanTeacher",
+           "PipelineSwitch", "YOLOXModeSwitch", "SyncNorm", "MeanTeacher", "PreemptionHandler",
            "callbacks_from_config", "wandb_run_id"]

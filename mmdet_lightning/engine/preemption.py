@@ -7,19 +7,25 @@ step on GPUs, and its signal handler makes a second broadcast that pairs with it
 
     signal (SIGTERM; SIGUSR1 with SLURMEnvironment(auto_requeue=True))
                         the handler only records the request on this process (no collective, no raise)
-    each batch's end    read the all-reduce (MAX) of the flags started two batches earlier (on a CPU gloo
-                        group: no device synchronisation; it ran during those batches), start this batch's;
-                        when the finished one says stop, every rank stops at this batch (at an
-                        epoch's last batch: after the epoch's validation, so that the resume is exact):
+    each batch's end    every few batches (``seconds_between_agreements`` of training, agreed by all ranks),
+                        start an all-reduce (MAX) of the flags on a CPU gloo group (no device
+                        synchronisation), and read it two batches later (it ran during them, so reading it does
+                        not wait for a rank a little behind); when it says stop, every rank stops at this batch
+                        (at an epoch's last batch: after the epoch's validation, so that the resume is exact):
                         ``hpc_ckpt_N.ckpt`` written (atomically, by SafeCheckpointIO), the W&B runs marked
                         preempting, then Lightning's own SIGTERM exit (``SIGTERMException``, the W&B callbacks
                         upload and finish); after SIGUSR1 on SLURM, rank 0 requeues the job (``scontrol requeue``)
 
-A signal reaches every rank's decision two or three batches later, on all ranks at the same batch: during
-validation or a checkpoint write it waits for the next training batch. The requeued job (same command) resumes
-from the ``hpc`` checkpoint: Lightning picks it up by itself on SLURM, ``ckpt_path="hpc"`` elsewhere. When
-Lightning ships its own switch (``Trainer(broadcast_sigterm_every_n_steps=...)``, PR #21640) this handler steps
-aside and Lightning's protocol runs as it is.
+An agreement costs each rank about 0.35 ms of CPU (2 gloo processes on 2 cores; more than the rest of
+Lightning's and our loop together at 20 ms steps), so the ranks agree at most every ``seconds_between_agreements``
+(0.25 s: a cost of about 0.1% whatever the step time), every batch when steps take longer. The number of batches
+between two agreements travels in the all-reduce itself (each rank proposes one from its own step time, all take
+the smallest), so every rank starts and reads the same collectives at the same batches. A signal reaches every
+rank's decision, on all ranks at the same batch, at most that interval plus two batches later: during validation
+or a checkpoint write it waits for the next training batches. The requeued job (same command) resumes from the
+``hpc`` checkpoint: Lightning picks it up by itself on SLURM, ``ckpt_path="hpc"`` elsewhere. When Lightning ships
+its own switch (``Trainer(broadcast_sigterm_every_n_steps=...)``, PR #21640) this handler steps aside and
+Lightning's protocol runs as it is.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import inspect
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -54,14 +61,17 @@ def lightning_has_sigterm_switch() -> bool:
 
 class PreemptionHandler(pl.Callback):
     """Stops a (DDP) fit on SIGTERM, or SLURM's requeue signal, at the same batch on every rank, with a
-    checkpoint to resume from, and no collective that blocks a training step. ``MMDetModule`` adds it to every
-    fit (``configure_callbacks``).
+    checkpoint to resume from, and no collective that blocks a training step. ``MMDetModule`` adds one to every
+    fit (``configure_callbacks``) unless the Trainer already has one.
 
     Args:
         checkpoint: write ``hpc_ckpt_N.ckpt`` in the Trainer's ``default_root_dir`` when stopping.
+        seconds_between_agreements: training seconds between two agreements of the ranks on a stop (at least
+            one batch); 0 agrees after every batch. A signal stops the job at most this long plus two batches
+            later.
 
     Example::
-        >>> handler = PreemptionHandler()
+        >>> handler = PreemptionHandler(seconds_between_agreements=1.0)  # Trainer(callbacks=[handler])
         >>> handler.requested
         0
     """
@@ -69,9 +79,14 @@ class PreemptionHandler(pl.Callback):
     #: batches between starting an all-reduce of the flags and reading it: it runs during them, so reading it
     #: does not wait for a rank that is a little behind
     LAG = 2
+    #: the most batches between two agreements, whatever the step time
+    MAX_BATCHES_BETWEEN_AGREEMENTS = 1000
 
-    def __init__(self, checkpoint: bool = True) -> None:
+    def __init__(self, checkpoint: bool = True, seconds_between_agreements: float = 0.25) -> None:
+        if seconds_between_agreements < 0:
+            raise ValueError(f"seconds_between_agreements must be 0 or more, got {seconds_between_agreements}")
         self.checkpoint = checkpoint
+        self.seconds_between_agreements = seconds_between_agreements
         #: what this process's signal handlers asked for: 0 nothing, 1 stop, 2 stop and requeue (SLURM)
         self.requested = _NONE
         #: the decision every rank took, and where the checkpoint went (None while running)
@@ -80,8 +95,17 @@ class PreemptionHandler(pl.Callback):
         self._pending = _NONE  # a stop decided at an epoch's last batch, taken after its validation
         self._trainer: Any = None
         self._group: Any = None
-        #: the all-reduces started at the last ``LAG`` batch ends, oldest first
-        self._pending_works: collections.deque[tuple[torch.Tensor, Any]] = collections.deque()
+        self._reset_schedule()
+
+    def _reset_schedule(self) -> None:
+        #: training batches ended since `setup` (the same count on every rank)
+        self.batches = 0
+        #: batches between two agreements, as the ranks last agreed (1 until the first agreement)
+        self.batches_between_agreements = 1
+        self._next_start = 1
+        #: the all-reduces in flight, oldest first: (the batch count at which to read it, flags, work)
+        self._in_flight: collections.deque[tuple[int, torch.Tensor, Any]] = collections.deque()
+        self._last_start: tuple[int, float] | None = None  # (batch count, time) of the last start
 
     @property
     def state_key(self) -> str:
@@ -93,7 +117,7 @@ class PreemptionHandler(pl.Callback):
             return
         self._trainer = trainer
         self.requested = self.stopped = self._pending = _NONE
-        self._pending_works.clear()
+        self._reset_schedule()
         # Lightning binds its handlers when it registers them, after `setup`: ours take their place (its
         # SIGTERM notifier broadcasts from inside the handler), and its per-step broadcast goes
         lightning_compat.replace_signal_handlers(trainer, self._on_sigterm, self._on_requeue_signal)
@@ -125,18 +149,8 @@ class PreemptionHandler(pl.Callback):
                            batch_idx: int) -> None:
         if self._trainer is None:
             return
-        decision = self.requested
-        if self._distributed():
-            import torch.distributed as dist
-
-            decision = _NONE
-            if len(self._pending_works) == self.LAG:  # started LAG batches ago on every rank: done by now
-                flag, work = self._pending_works.popleft()
-                work.wait()
-                decision = int(flag[0])
-            flag = torch.tensor([self.requested], dtype=torch.int32)
-            work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
-            self._pending_works.append((flag, work))
+        self.batches += 1
+        decision = self._agree() if self._distributed() else self.requested
         if decision == _NONE:
             return
         if batch_idx + 1 == trainer.num_training_batches:
@@ -145,6 +159,33 @@ class PreemptionHandler(pl.Callback):
             self._pending = decision
         else:
             self._stop(trainer, decision)
+
+    def _agree(self) -> int:
+        """What every rank decided at this batch: read the all-reduce due now, start the next when due."""
+        import torch.distributed as dist
+
+        decision = _NONE
+        if self._in_flight and self._in_flight[0][0] == self.batches:  # started LAG batches ago on every rank
+            _, flags, work = self._in_flight.popleft()
+            work.wait()
+            decision, self.batches_between_agreements = int(flags[0]), int(-flags[1])
+        if self.batches >= self._next_start:
+            flags = torch.tensor([self.requested, -self._proposed_interval()], dtype=torch.int64)
+            work = dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+            self._in_flight.append((self.batches + self.LAG, flags, work))
+            self._next_start = self.batches + self.batches_between_agreements
+        return decision
+
+    def _proposed_interval(self) -> int:
+        """This rank's batches between agreements, from its time per batch since the last start (the ranks take
+        the smallest proposal: MAX of the negated ones)."""
+        now, last = time.perf_counter(), self._last_start
+        self._last_start = (self.batches, now)
+        if last is None or self.seconds_between_agreements == 0:
+            return 1
+        per_batch = (now - last[1]) / (self.batches - last[0])
+        batches = int(self.seconds_between_agreements / per_batch) if per_batch > 0 else 1
+        return max(1, min(batches, self.MAX_BATCHES_BETWEEN_AGREEMENTS))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if self._pending != _NONE and not trainer.sanity_checking:
@@ -175,8 +216,8 @@ class PreemptionHandler(pl.Callback):
         lightning_compat.set_received_sigterm(trainer)  # Lightning raises SIGTERMException after this batch
 
     def teardown(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
-        while self._pending_works:  # every rank started them: finish them before the process group goes
-            self._pending_works.popleft()[1].wait()
+        while self._in_flight:  # every rank started them: finish them before the process group goes
+            self._in_flight.popleft()[2].wait()
 
 
 def newest_hpc_checkpoint(folder: str | os.PathLike) -> str | None:

@@ -37,6 +37,11 @@ class BackgroundWorker:
     ``close`` (a later ``submit`` starts it again); while it runs, interpreter exit drains it
     (``atexit``, registered at start, so it runs before the exit handlers of a W&B run started earlier).
 
+    PyTorch runs on the worker thread with one intra-op thread (:func:`_torch_on_one_thread_here`): a second
+    thread that enters PyTorch's OpenMP parallel regions gets a second OpenMP thread team, and training
+    slowed by 8% for the rest of a run after one FLOP count on the worker (``benchmarks/
+    wandb_callback_overhead.py``, 2 cores); the training threads keep their number.
+
     Lifecycle::
 
         submit(fn, *args)   first call: start the thread, register the atexit drain; queue the job
@@ -118,8 +123,14 @@ class BackgroundWorker:
         with self._lock:
             if self._thread is not None:
                 return
-            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            import torch
+
+            threads = torch.get_num_threads()
+            ready = threading.Event()
+            self._thread = threading.Thread(target=self._loop, args=(ready,), name=self.name, daemon=True)
             self._thread.start()
+            ready.wait()
+            torch.set_num_threads(threads)  # the default for threads started later, as it was
             atexit.register(self._drain_at_exit)
 
     def _drain_at_exit(self) -> None:
@@ -127,7 +138,9 @@ class BackgroundWorker:
         # (registered at wandb.init, before this one: atexit runs last-registered first) gets every job
         self.drain()
 
-    def _loop(self) -> None:
+    def _loop(self, ready: threading.Event) -> None:
+        _torch_on_one_thread_here()
+        ready.set()
         while True:
             job = self._queue.get()
             try:
@@ -145,3 +158,12 @@ class BackgroundWorker:
             what = getattr(fn, "__qualname__", None) or repr(fn)
             rank_zero_warn(f"{self.name}: background job {what} failed ({type(err).__name__}: {err}); "
                            "training goes on without it.")
+
+
+def _torch_on_one_thread_here() -> None:
+    """PyTorch's intra-op parallelism off for the calling thread (OpenMP's thread count is per thread).
+    ``torch.set_num_threads`` also sets the default of threads started later: the caller restores it."""
+    import torch
+
+    torch.get_num_threads()  # PyTorch initialises this thread's count now, not at its first parallel region
+    torch.set_num_threads(1)

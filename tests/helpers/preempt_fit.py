@@ -32,7 +32,7 @@ def main() -> None:
     import torch
 
     from mmdet_lightning import MMDetDataModule, MMDetModule
-    from mmdet_lightning.callbacks import MMDetWandbCallback, wandb_run_id
+    from mmdet_lightning.callbacks import MMDetWandbCallback, PreemptionHandler, wandb_run_id
     from mmdet_lightning.config import load_config, replace_data_root
     from mmdet_lightning.lightning_package import pl
 
@@ -108,7 +108,10 @@ def main() -> None:
                                       resume="allow" if run_id else None),
         callbacks=[pl.callbacks.ModelCheckpoint(dirpath=str(args.ckpt_dir or args.out / "ckpt"), every_n_epochs=1,
                                                 save_last=True),
-                   MMDetWandbCallback(interval=1, log_checkpoint=True, num_eval_images=2), recorder],
+                   MMDetWandbCallback(interval=1, log_checkpoint=True, num_eval_images=2), recorder,
+                   # 8 batches leave room for the ranks agreeing after every batch (the default spaces the
+                   # agreements by 0.25 s of training: tests/helpers/preemption_agreement.py tests that schedule)
+                   PreemptionHandler(seconds_between_agreements=0)],
     )
     module = MMDetModule(cfg)
     trainer.fit(module, datamodule=MMDetDataModule(cfg), ckpt_path=ckpt)
