@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +12,8 @@ import torch
 
 from mmdet_lightning import MMDetDataModule, MMDetModule
 from mmdet_lightning.lightning_package import pl
+
+from .helpers.user_env import explain, run_as_user
 
 NAN_AT = 1
 
@@ -78,3 +82,14 @@ def test_nan_loss_skips_the_step_without_touching_weights_or_optimizer(shapes_co
 def test_invalid_loss_argument_is_checked(shapes_config: Any) -> None:
     with pytest.raises(ValueError, match="Expected argument `invalid_loss` to be one of"):
         MMDetModule(shapes_config("shapes_retinanet.py"), invalid_loss="ignore")  # type: ignore[arg-type]
+
+
+def test_every_rank_skips_the_step_that_one_rank_found_invalid(tmp_path: Path) -> None:
+    """Under DDP (2 gloo processes) a NaN loss on rank 1 and an infinite one on rank 0 skip those steps on both
+    ranks; the flag's all-reduce runs beside the gradient all-reduces of the default group and neither waits."""
+    helper = Path(__file__).parent / "helpers" / "invalid_loss_agreement.py"
+    done = run_as_user(["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(helper), str(tmp_path)], cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, explain(done)
+    ranks = [json.loads((tmp_path / f"invalid{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1] == {"skipped": [7, 12], "gradients": 20 * 2 * (1 + 2 + 3)}

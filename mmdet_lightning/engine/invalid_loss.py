@@ -2,7 +2,10 @@
 
 :meth:`InvalidLossCheck.start` takes a flag of the loss on its device and, under DDP, starts an asynchronous
 all-reduce (minimum) that runs while backward does; :meth:`InvalidLossCheck.passed`, before the optimizer step,
-reads it: the decision is shared by every process (a step skipped on one rank only would hang the others).
+reads it: the decision is shared by every process (a step skipped on one rank only would hang the others). On
+gloo (CPU) the all-reduce goes through a process group of its own: gloo runs a group's collectives one after
+another, and on DDP's group the gradient buckets' all-reduces would queue behind it (0.66 ms more backward a
+step, 2 CPU processes).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class InvalidLossCheck:
         if mode not in ("raise", "skip"):
             raise ValueError(f"Expected argument `invalid_loss` to be one of ('raise', 'skip'), but got {mode!r}.")
         self.mode = mode
+        self._group: Any = None  # gloo: the flag's own process group, made at the first distributed step
         #: training steps skipped because of a NaN or infinite loss (``mode="skip"``)
         self.skipped_steps = 0
 
@@ -46,7 +50,10 @@ class InvalidLossCheck:
         finite = torch.isfinite(loss.detach()).all().to(torch.int32)
         work = None
         if distributed and torch.distributed.is_initialized():
-            work = torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN, async_op=True)
+            dist = torch.distributed
+            if self._group is None and dist.get_backend() == "gloo":
+                self._group = dist.new_group(backend="gloo")  # collective: every rank starts the same first step
+            work = dist.all_reduce(finite, op=dist.ReduceOp.MIN, group=self._group, async_op=True)
         return finite, work
 
     def passed(self, started: tuple[torch.Tensor, Any], log_vars: Mapping[str, Any], where: str) -> bool:
