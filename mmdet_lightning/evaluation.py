@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import types
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -55,7 +56,7 @@ class FastCocoMetric(coco_metric.CocoMetric):
     """
 
     def compute_metrics(self, results: list) -> dict[str, float]:
-        with _coco_eval_from_faster_coco_eval():
+        with _coco_eval_from_faster_coco_eval(), _results_json_by_c_encoder():
             return super().compute_metrics(results)
 
 
@@ -93,7 +94,7 @@ class HotCocoMetric(coco_metric.CocoMetric):
     def compute_metrics(self, results: list) -> dict[str, float]:
         if not _HOTCOCO:
             raise ModuleNotFoundError(f"HotCocoMetric needs hotcoco ({_HOTCOCO}).\nHint: {_BACKENDS['hotcoco'][2]}")
-        with _coco_eval_classes(COCOeval=HotCocoEval, COCOevalMP=HotCocoEvalMP):
+        with _coco_eval_classes(COCOeval=HotCocoEval, COCOevalMP=HotCocoEvalMP), _results_json_by_c_encoder():
             return super().compute_metrics(results)
 
 
@@ -231,6 +232,35 @@ def _hotcoco_dataset(dataset: Mapping[str, Any]) -> Any:
     return hotcoco.COCO({"images": list(dataset.get("images", [])),
                          "categories": list(dataset.get("categories", [])),
                          "annotations": list(dataset.get("annotations", []))})
+
+
+@contextlib.contextmanager
+def _results_json_by_c_encoder() -> Iterator[None]:
+    """Make mmdet's coco_metric module write local JSON files with json's C encoder in this block.
+
+    ``CocoMetric.results2json`` writes every detection to a JSON file (then reads it back for ``loadRes``)
+    through mmengine's ``dump``, that is ``json.dump``, which always takes json's pure-Python encoder: 0.37 s of a
+    0.45 s evaluation of 5000 images with hotcoco. ``json.dumps`` encodes in C, to the same text (same
+    separators, float repr and mmengine's ``set_default`` for numpy values). Other paths (a backend's URI) and
+    files go through mmengine's ``dump`` as before."""
+    from mmengine.fileio.handlers.json_handler import set_default
+
+    mmengine_dump = coco_metric.dump
+
+    def dump(obj: Any, file: Any = None, file_format: str | None = None, **kwargs: Any) -> Any:
+        local_json = (isinstance(file, str) and "://" not in file and (file_format or file.rsplit(".", 1)[-1]) == "json"
+                      and not kwargs)
+        if not local_json:
+            return mmengine_dump(obj, file, file_format, **kwargs)
+        with open(file, "w", encoding="utf-8") as out:
+            out.write(json.dumps(obj, default=set_default))
+        return None
+
+    coco_metric.dump = dump
+    try:
+        yield
+    finally:
+        coco_metric.dump = mmengine_dump
 
 
 @contextlib.contextmanager

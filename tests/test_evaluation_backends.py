@@ -405,3 +405,19 @@ def test_module_auto_backend() -> None:
 
     module = MMDetModule(CONFIGS / "shapes_mask_rcnn.py", evaluator_backend="auto")
     assert module.cfg.val_evaluator.type == "HotCocoMetric"
+
+
+@pytest.mark.parametrize("metric_type", BACKENDS)
+def test_result_files_are_the_ones_mmdet_writes(tmp_path: Path, metric_type: str) -> None:
+    """With ``outfile_prefix``, ``results.bbox.json`` and ``results.segm.json`` hold the bytes that mmdet's
+    ``CocoMetric`` writes (the faster backends encode them with json's C encoder)."""
+    ann_file, classes = make_dataset(tmp_path, "crowd")
+    samples = make_samples(ann_file, len(classes), "crowd")
+    written = {}
+    for name in ("CocoMetric", metric_type):
+        prefix = tmp_path / name / "results"
+        prefix.parent.mkdir()
+        evaluate(name, ann_file, classes, samples, outfile_prefix=str(prefix))
+        written[name] = {kind: (tmp_path / name / f"results.{kind}.json").read_bytes() for kind in ("bbox", "segm")}
+    assert written[metric_type] == written["CocoMetric"]
+    assert len(json.loads(written["CocoMetric"]["segm"])) > 10
