@@ -26,7 +26,8 @@ from .tasks.panoptic import is_panoptic_model
 if TYPE_CHECKING:
     from mmengine.config import Config
 
-__all__ = ["REPRESENTATIVES", "mmdet_configs_dir", "family_config", "adapt_to_dataset", "shrink_image_sizes"]
+__all__ = ["REPRESENTATIVES", "mmdet_configs_dir", "family_config", "adapt_to_dataset", "shrink_image_sizes",
+           "stabilise_from_scratch"]
 
 #: family (a folder of mmdet's ``configs``) -> its representative config: the standard (r50, fpn, 1x) one
 #: where there is one; a family of a task we do not cover keeps a config too, so that the sweep shows the error
@@ -158,6 +159,28 @@ _MIN_SIZE = {"SSDHead": 300}
 # (unless the runner's error is a missing package or a CUDA-only op)
 _SWEEP_SIZES = (128, 256, 512)
 _NOT_ABOUT_SIZE = ("not installed", "No module named", "Failed to import", "implementation for device")
+# a runner error that says the loss diverged: the sweep tries again at a tenth of the learning rate, clipped
+_NON_FINITE = ("loss is nan", "loss is inf", "loss is -inf")
+_STABILISED = ("trained at a tenth of the config's learning rate with gradient clipping (max_norm 35): NaN loss "
+               "from scratch at its own, under mmdet's Runner too")
+
+
+def stabilise_from_scratch(cfg: Config) -> Config:
+    """A tenth of the optimizer's learning rate and gradient clipping (``max_norm=35``, as mmdet's two-stage
+    configs clip) where the config clips nothing: for a deep backbone trained from scratch, which diverges at the
+    learning rate of a pretrained one (in place; returned).
+
+    Example::
+        >>> from mmengine.config import Config
+        >>> cfg = stabilise_from_scratch(Config(dict(optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.02)))))
+        >>> cfg.optim_wrapper.optimizer.lr, cfg.optim_wrapper.clip_grad.max_norm
+        (0.002, 35)
+    """
+    optimizer = cfg.optim_wrapper.optimizer
+    optimizer.lr = round(optimizer.lr / 10, 12)
+    if not cfg.optim_wrapper.get("clip_grad"):
+        cfg.optim_wrapper.clip_grad = dict(max_norm=35, norm_type=2)
+    return cfg
 
 
 def mmdet_configs_dir() -> Path:
@@ -483,7 +506,10 @@ def run_family(family: str, data_root: str | Path, work_dir: str | Path, iterati
     :data:`~mmdet_lightning.synthetic.STUFF_CLASSES`).
 
     Images are shrunk to 128 px, then 256 and 512 px while the model fails on smaller ones under mmdet's
-    runner too (for a reason other than a missing package or a CUDA-only op).
+    runner too (for a reason other than a missing package or a CUDA-only op). Where the loss is NaN or infinite
+    under mmdet's runner too (deep backbones from scratch at the config's learning rate), the same size is tried
+    once more at a tenth of the learning rate with gradient clipping (:func:`stabilise_from_scratch`; the
+    record's ``stabilised`` is True and its reason says so).
     Returns a record ``{"family", "config", "status", "seconds", "reason", "loss", "predictions", "max_side"}``
     (``predictions``: images predicted) where status is ``pass``, ``fail`` (mmdet's own runner trains the same
     adapted config), ``not-run`` (mmdet's runner fails too on this machine: the reason is its error) or
@@ -513,16 +539,20 @@ def run_family(family: str, data_root: str | Path, work_dir: str | Path, iterati
         record.update(status="not-run", reason=_short(err))
     except Exception as err:  # noqa: BLE001  the config cannot even be loaded here (missing package, ...)
         record.update(status="not-run", reason=_short(err))
-    for max_side in _SWEEP_SIZES if cfg is not None else ():
-        if max_side != _SWEEP_SIZES[0]:  # images too small for this model, for mmdet's runner too: larger ones
+    attempts = [(side, False) for side in _SWEEP_SIZES] if cfg is not None else []
+    while attempts:
+        max_side, stabilised = attempts.pop(0)
+        if max_side != _SWEEP_SIZES[0] or stabilised:  # too small, or NaN from scratch, under mmdet's runner too
             cfg = _load_adapted(family, data_root, max_side, panoptic_root=panoptic_root)
-        record.update(status="fail", max_side=max_side)
+            if stabilised:
+                stabilise_from_scratch(cfg)
+        record.update(status="fail", max_side=max_side, stabilised=stabilised)
         try:
             loss, predictions = _train_validate_predict(cfg, Path(work_dir), iterations)
             record.update(loss=loss, predictions=predictions)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training loss is {loss}")
-            record.update(status="pass", reason="")
+            record.update(status="pass", reason=_STABILISED if stabilised else "")
             break
         except Exception as err:  # noqa: BLE001  recorded, then compared with mmdet's runner
             record["reason"] = _short(err)
@@ -535,6 +565,8 @@ def run_family(family: str, data_root: str | Path, work_dir: str | Path, iterati
                           module_error=record["reason"])
             if any(words in runner_error for words in _NOT_ABOUT_SIZE):
                 break
+            if not stabilised and any(words in runner_error for words in _NON_FINITE):
+                attempts.insert(0, (max_side, True))
     record["seconds"] = round(time.perf_counter() - start, 1)
     return record
 
