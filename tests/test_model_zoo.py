@@ -113,7 +113,8 @@ def _doc_rows(doc: Path) -> dict[str, list[str]]:
 
 def test_a_sweep_of_some_families_updates_their_rows_only(tmp_path: Path) -> None:
     """`model_zoo_sweep.py --table-only` merges a results file into the doc: the families in it get their new
-    status, the other rows and every "no compiler" cell stay, the header counts are those of all rows."""
+    status, the other rows and every "no compiler" and "mmcv-lite sweep" cell stay, the header counts are those of
+    all rows."""
     doc = tmp_path / "model_zoo.md"
     shutil.copy(REPO / "docs" / "model_zoo.md", doc)
     before = _doc_rows(doc)
@@ -126,9 +127,10 @@ def test_a_sweep_of_some_families_updates_their_rows_only(tmp_path: Path) -> Non
     after = _doc_rows(doc)
     assert after.keys() == before.keys() and len(after) == len(REPRESENTATIVES)
     assert {k: v for k, v in after.items() if k != "retinanet"} == {k: v for k, v in before.items() if k != "retinanet"}
-    family, config, status, side, seconds, no_compiler, reason = after["retinanet"]
+    family, config, status, side, seconds, no_compiler, lite, reason = after["retinanet"]
     assert (status, side, seconds, reason) == ("timeout", "", "1.0", "still running after 1 s")
     assert no_compiler == before["retinanet"][5] and no_compiler.startswith("yes")
+    assert lite == before["retinanet"][6] == "pass"  # the mmcv-lite sweep's cell stays too
     counts = Counter(row[2] for row in after.values())
     header = next(line for line in doc.read_text().splitlines() if line.endswith(".") and "families:" in line)
     assert header.startswith(f"{len(after)} families: ") and f"{counts['timeout']} timeout" in header

@@ -198,6 +198,8 @@ def read_doc_table(doc: Path) -> dict[str, dict[str, Any]]:
             record["max_side"] = int(row["image px"])
         if row.get("no compiler"):
             record["no_compiler"] = row["no compiler"]
+        if row.get("mmcv-lite sweep"):
+            record["lite"] = row["mmcv-lite sweep"]
         records[row["family"]] = record
     return records
 
@@ -213,9 +215,20 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
+def lite_cell(record: dict[str, Any] | None) -> str:
+    """The status of a family in a sweep run without compiled ops (``MMCV_OPS=lite``), with the reason when it
+    did not pass."""
+    if record is None:
+        return ""
+    if record["status"] in ("pass", "not-covered"):
+        return record["status"]
+    reason = str(record.get("reason", "")).replace("mmdet's Runner fails too: ", "").replace("|", "/")
+    return f"{record['status']}: {reason[:90]}" + ("..." if len(reason) > 90 else "")
+
+
 def write_table(records: dict[str, dict[str, Any]], doc: Path, iterations: int,
-                ops: dict[str, dict[str, Any]] | None = None) -> None:
-    ops = ops or {}
+                ops: dict[str, dict[str, Any]] | None = None, lite: dict[str, dict[str, Any]] | None = None) -> None:
+    ops, lite = ops or {}, lite or {}
     rows = sorted(records.values(), key=lambda r: (STATUS_ORDER.get(r["status"], 9), r["family"]))
     counts = {status: sum(r["status"] == status for r in rows) for status in STATUS_ORDER}
     lines = [
@@ -242,19 +255,29 @@ def write_table(records: dict[str, dict[str, Any]], doc: Path, iterations: int,
         "`mmdet_lightning.mmcv_ext` serves mmcv's compiled ops in PyTorch: *yes* (with the `mmcv.ops` modules the",
         "model uses) when every `mmcv._ext` function its `mmcv.ops` modules call, and NMS, Soft-NMS, `nms_match` and",
         "RoIAlign where the config reaches them, has a PyTorch implementation; *no* names the missing ops, which",
-        "need `MMCV_OPS=compiled` (see the README). Derived from the built models' ops, not from a sweep in that mode.",
+        "need `MMCV_OPS=compiled` (see the README). Derived from the built models' ops.",
+        "",
+        "**mmcv-lite sweep** (`--lite-results`): the same sweep run in the default set-up (mmcv-lite,",
+        "`.venv-lite`, no compiled ops), measured: its status there, and its reason when it did not pass.",
         "",
         f"{len(rows)} families: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]) + ".",
+    ]
+    lite_cells = {r["family"]: lite_cell(lite.get(r["family"])) or r.get("lite", "") for r in rows}
+    lite_counts = {status: sum(cell.split(":")[0] == status for cell in lite_cells.values()) for status in STATUS_ORDER}
+    if any(lite_counts.values()):
+        lines.append("Without compiled ops (mmcv-lite sweep): "
+                     + ", ".join(f"{lite_counts[s]} {s}" for s in STATUS_ORDER if lite_counts[s]) + ".")
+    lines += [
         "",
-        "| family | config | status | image px | seconds | no compiler | reason |",
-        "|---|---|---|---|---|---|---|",
+        "| family | config | status | image px | seconds | no compiler | mmcv-lite sweep | reason |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         reason = str(r.get("reason", "")).replace("|", "\\|")
         side = r.get("max_side", 128) if r["status"] in ("pass", "fail") else ""  # 128: the first size tried
         lines.append(f"| {r['family']} | `{r.get('config', '')}` | {r['status']} | {side} "
                      f"| {r.get('seconds', '')} | {no_compiler_cell(ops.get(r['family'])) or r.get('no_compiler', '')} "
-                     f"| {reason} |")
+                     f"| {lite_cells[r['family']]} | {reason} |")
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(lines) + "\n")
     print(f"wrote {doc}: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]))
@@ -271,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--doc", default=str(REPO / "docs" / "model_zoo.md"))
     parser.add_argument("--resume", action="store_true", help="skip the families already in --results")
     parser.add_argument("--table-only", action="store_true", help="only rewrite --doc from --results")
+    parser.add_argument("--lite-results", help="results file of the same sweep without compiled ops (mmcv-lite): "
+                                               "fills the doc's mmcv-lite sweep column")
     parser.add_argument("--ops", action="store_true",
                         help="list each family's mmcv ops (builds the models, no training) for the no-compiler column")
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -297,7 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     records = read_doc_table(Path(args.doc))
     for family, record in read_results(Path(args.results)).items():
         records[family] = {**records.get(family, {}), **record}
-    write_table(records, Path(args.doc), args.iterations, read_results(Path(args.results).with_name("ops.jsonl")))
+    lite = read_results(Path(args.lite_results)) if args.lite_results else None
+    write_table(records, Path(args.doc), args.iterations, read_results(Path(args.results).with_name("ops.jsonl")),
+                lite)
 
 
 if __name__ == "__main__":

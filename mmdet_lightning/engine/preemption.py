@@ -16,8 +16,8 @@ step on GPUs, and its signal handler makes a second broadcast that pairs with it
                         preempting, then Lightning's own SIGTERM exit (``SIGTERMException``, the W&B callbacks
                         upload and finish); after SIGUSR1 on SLURM, rank 0 requeues the job (``scontrol requeue``)
 
-An agreement costs each rank about 0.35 ms of CPU (2 gloo processes on 2 cores; more than the rest of
-Lightning's and our loop together at 20 ms steps), so the ranks agree at most every ``seconds_between_agreements``
+An agreement costs each rank about 0.35 ms (2 gloo processes on 2 cores: a fifth of the whole loop's own time at
+20 ms steps, benchmarks/train_overhead.py), so the ranks agree at most every ``seconds_between_agreements``
 (0.25 s: a cost of about 0.1% whatever the step time), every batch when steps take longer. The number of batches
 between two agreements travels in the all-reduce itself (each rank proposes one from its own step time, all take
 the smallest), so every rank starts and reads the same collectives at the same batches. A signal reaches every
