@@ -145,25 +145,32 @@ class SharedWork:
         """Framework seconds per iteration after ``warmup``, by where they fall: between the end of one shared
         call and the start of the next (``"step -> __getitem__"``: after the optimizer step, before the next
         sample is read)."""
-        starts = [i for i, (name, *_) in enumerate(self.calls) if name == "iteration start"]
-        calls = self.calls[starts[warmup]:starts[-1] + 1]
+        calls, iterations = self._timed_calls(warmup)
         total: dict[str, float] = {}
         for (before, _, end), (after, start, _) in itertools.pairwise(calls):
             key = f"{before} -> {after}"
             total[key] = total.get(key, 0.0) + start - end
-        iterations = len(starts) - 1 - warmup
-        return {key: seconds / iterations for key, seconds in sorted(total.items(), key=lambda kv: -kv[1])}
+        return _per_iteration(total, iterations)
 
     def shared_calls(self, warmup: int) -> dict[str, float]:
         """Seconds per iteration after ``warmup`` inside each shared call (``"backward"``: ``Tensor.backward``,
         DDP's gradient all-reduce included), where the two sides' shared work differs when it does."""
-        starts = [i for i, (name, *_) in enumerate(self.calls) if name == "iteration start"]
+        calls, iterations = self._timed_calls(warmup)
         total: dict[str, float] = {}
-        for name, start, end in self.calls[starts[warmup]:starts[-1] + 1]:
+        for name, start, end in calls:
             if name != "iteration start":
                 total[name] = total.get(name, 0.0) + end - start
-        iterations = len(starts) - 1 - warmup
-        return {key: seconds / iterations for key, seconds in sorted(total.items(), key=lambda kv: -kv[1])}
+        return _per_iteration(total, iterations)
+
+    def _timed_calls(self, warmup: int) -> tuple[list[tuple[str, float, float]], int]:
+        """The calls from the first timed iteration's start to the last one's end, and how many iterations."""
+        starts = [i for i, (name, *_) in enumerate(self.calls) if name == "iteration start"]
+        return self.calls[starts[warmup]:starts[-1] + 1], len(starts) - 1 - warmup
+
+
+def _per_iteration(total: dict[str, float], iterations: int) -> dict[str, float]:
+    """Seconds per iteration of each key, largest first."""
+    return {key: seconds / iterations for key, seconds in sorted(total.items(), key=lambda kv: -kv[1])}
 
 
 def _run_mmengine(cfg: Any, work_dir: str, shared: SharedWork) -> None:

@@ -226,6 +226,11 @@ def lite_cell(record: dict[str, Any] | None) -> str:
     return f"{record['status']}: {reason[:90]}" + ("..." if len(reason) > 90 else "")
 
 
+def _count_text(counts: dict[str, int]) -> str:
+    """``"94 pass, 12 not-run, 9 not-covered"``: the statuses that occur, in table order."""
+    return ", ".join(f"{counts[status]} {status}" for status in STATUS_ORDER if counts[status])
+
+
 def write_table(records: dict[str, dict[str, Any]], doc: Path, iterations: int,
                 ops: dict[str, dict[str, Any]] | None = None, lite: dict[str, dict[str, Any]] | None = None) -> None:
     ops, lite = ops or {}, lite or {}
@@ -260,13 +265,12 @@ def write_table(records: dict[str, dict[str, Any]], doc: Path, iterations: int,
         "**mmcv-lite sweep** (`--lite-results`): the same sweep run in the default set-up (mmcv-lite,",
         "`.venv-lite`, no compiled ops), measured: its status there, and its reason when it did not pass.",
         "",
-        f"{len(rows)} families: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]) + ".",
+        f"{len(rows)} families: {_count_text(counts)}.",
     ]
     lite_cells = {r["family"]: lite_cell(lite.get(r["family"])) or r.get("lite", "") for r in rows}
     lite_counts = {status: sum(cell.split(":")[0] == status for cell in lite_cells.values()) for status in STATUS_ORDER}
     if any(lite_counts.values()):
-        lines.append("Without compiled ops (mmcv-lite sweep): "
-                     + ", ".join(f"{lite_counts[s]} {s}" for s in STATUS_ORDER if lite_counts[s]) + ".")
+        lines.append(f"Without compiled ops (mmcv-lite sweep): {_count_text(lite_counts)}.")
     lines += [
         "",
         "| family | config | status | image px | seconds | no compiler | mmcv-lite sweep | reason |",
@@ -280,7 +284,7 @@ def write_table(records: dict[str, dict[str, Any]], doc: Path, iterations: int,
                      f"| {lite_cells[r['family']]} | {reason} |")
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(lines) + "\n")
-    print(f"wrote {doc}: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]))
+    print(f"wrote {doc}: {_count_text(counts)}")
 
 
 def main(argv: list[str] | None = None) -> None:
